@@ -51,7 +51,8 @@ def encode_prefix_and_header(header: dict, payload_len: int = 0) -> bytes:
 
 def encode_frame(header: dict, payload: bytes = b"") -> bytes:
     """A whole frame as one bytes object (tests and small messages)."""
-    return encode_prefix_and_header(header, len(payload)) + bytes(payload)
+    payload = bytes(payload)  # len() of a memoryview counts items, not bytes
+    return encode_prefix_and_header(header, len(payload)) + payload
 
 
 def parse_prefix(buf) -> tuple[int, int]:
