@@ -1,0 +1,71 @@
+"""The sheep daemon's configuration: typed, frozen, parsed once in the entry point."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SheepConfig:
+    dir: Path
+    zk_hosts: str
+    cluster: str = "default"
+    addr: str = "127.0.0.1"
+    listen: str = ""               # bind address; "" = addr
+    port: int = 7000
+    admin_port: int = 8000
+    nbd_port: int = 10809
+    zone: str = ""
+    weight: int = 1
+    session_timeout_s: float = 10.0
+    io_timeout_s: float = 60.0
+    peer_timeout_s: float = 30.0
+    reserve_bytes: int = 64 << 20
+    log_level: str = "INFO"
+
+    @property
+    def bind_addr(self) -> str:
+        return self.listen or self.addr
+
+    @property
+    def default_node_id(self) -> str:
+        return f"{self.addr}:{self.port}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sheep", description="sheepdog-py storage daemon")
+    p.add_argument("--dir", required=True, type=Path, help="store directory")
+    p.add_argument("--zk", required=True, help="ZooKeeper hosts, e.g. 127.0.0.1:2181")
+    p.add_argument("--cluster", default="default", help="cluster name (ZooKeeper chroot)")
+    p.add_argument("--addr", default="127.0.0.1", help="address other sheep reach this one at")
+    p.add_argument("--listen", default="", help="bind address (default: --addr)")
+    p.add_argument("--port", type=int, default=7000, help="peer protocol port")
+    p.add_argument("--admin-port", type=int, default=8000, help="HTTP admin API port")
+    p.add_argument("--nbd-port", type=int, default=10809, help="NBD port")
+    p.add_argument("--zone", default="", help="failure zone (default: the node itself)")
+    p.add_argument("--weight", type=int, default=1, help="relative capacity weight")
+    p.add_argument("--session-timeout", type=float, default=10.0,
+                   help="ZooKeeper session timeout in seconds")
+    p.add_argument("--io-timeout", type=float, default=60.0,
+                   help="how long a client I/O waits for a usable replica set (s)")
+    p.add_argument("--reserve", type=int, default=64 << 20,
+                   help="free bytes the store never writes into")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> SheepConfig:
+    p = build_parser()
+    a = p.parse_args(argv)
+    for name in ("port", "admin_port", "nbd_port"):
+        value = getattr(a, name)
+        if not 0 <= value <= 65535:
+            p.error(f"--{name.replace('_', '-')} must be a port number (0..65535)")
+    if a.weight < 1:
+        p.error("--weight must be at least 1")
+    return SheepConfig(dir=a.dir, zk_hosts=a.zk, cluster=a.cluster, addr=a.addr,
+                       listen=a.listen, port=a.port, admin_port=a.admin_port,
+                       nbd_port=a.nbd_port, zone=a.zone, weight=a.weight,
+                       session_timeout_s=a.session_timeout, io_timeout_s=a.io_timeout,
+                       reserve_bytes=a.reserve, log_level=a.log_level.upper())
