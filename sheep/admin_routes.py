@@ -1,0 +1,170 @@
+"""The admin API's routes: thin handlers from HTTP requests to the daemon's parts."""
+from __future__ import annotations
+
+import logging
+
+import gevent
+
+from sheep.admin import DATA_CHUNK, Request, Response, Router
+from sheep.errors import InvalidRequest, OutOfRange, SheepError
+from sheep.metrics import render_metrics
+
+log = logging.getLogger(__name__)
+
+
+def build_router(node) -> Router:
+    """Routes for one `sheep.daemon.Sheep`."""
+    r = Router()
+    api = _Api(node)
+    r.add("GET", "/cluster", api.cluster)
+    r.add("POST", "/cluster/format", api.format)
+    r.add("GET", "/nodes", api.nodes)
+    r.add("GET", "/node", api.node)
+    r.add("GET", "/vdis", api.vdi_list)
+    r.add("POST", "/vdis", api.vdi_create)
+    r.add("GET", "/vdis/<name>", api.vdi_get)
+    r.add("DELETE", "/vdis/<name>", api.vdi_delete)
+    r.add("POST", "/vdis/<name>/resize", api.vdi_resize)
+    r.add("GET", "/vdis/<name>/data", api.vdi_read)
+    r.add("PUT", "/vdis/<name>/data", api.vdi_write)
+    r.add("GET", "/metrics", api.metrics)
+    return r
+
+
+def _int_field(body: dict, name: str, required: bool = True) -> int | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(f"field '{name}' must be an integer")
+    return value
+
+
+class _Api:
+    def __init__(self, node) -> None:
+        self.node = node
+
+    # -- cluster ---------------------------------------------------------------
+    def cluster(self, req: Request):
+        coord = self.node.coordinator
+        fmt = coord.cluster_format()
+        epochs = coord.epochs()
+        return {
+            "name": self.node.config.cluster,
+            "state": (fmt or {}).get("state", "unformatted") if fmt else "unformatted",
+            "format": fmt,
+            "epoch": self.node.epochs.epoch,
+            "epochs": [{"epoch": e["epoch"], "created": e.get("created"),
+                        "members": [m["node_id"] for m in e["members"]]} for e in epochs],
+            "leader": coord.leader(),
+        }
+
+    def format(self, req: Request):
+        body = req.json()
+        copies = _int_field(body, "copies")
+        shift = _int_field(body, "block_size_shift", required=False) or 22
+        min_copies = _int_field(body, "min_copies", required=False)
+        fmt = self.node.coordinator.format(copies, block_size_shift=shift, min_copies=min_copies)
+        self.node.cluster_format()
+        return {"format": fmt}
+
+    # -- nodes -----------------------------------------------------------------
+    def _stat(self, member) -> dict | None:
+        try:
+            header, _ = self.node.gateway.call_member(member, {"op": "stat"})
+            return header
+        except SheepError as exc:
+            log.info("stat of %s failed: %s", member.node_id, exc)
+            return None
+
+    def nodes(self, req: Request):
+        members = sorted(self.node.coordinator.members(), key=lambda m: m.node_id)
+        jobs = [gevent.spawn(self._stat, m) for m in members]
+        gevent.joinall(jobs, timeout=10)
+        out = []
+        for m, job in zip(members, jobs):
+            stat = job.value if job.successful() else None
+            out.append({**m.to_dict(), "store": (stat or {}).get("store"),
+                        "epoch": (stat or {}).get("epoch"), "fenced": (stat or {}).get("fenced")})
+        return {"nodes": out}
+
+    def node(self, req: Request):
+        n = self.node
+        return {**n.member.to_dict(), "store": n.replica.stat(), "epoch": n.epochs.epoch,
+                "fenced": bool(n.coordinator.fenced), "recovery": n.recovery.progress}
+
+    # -- vdis --------------------------------------------------------------------
+    def _entry(self, e: dict) -> dict:
+        return {**e, "used_bytes": self.node.vdis.used_bytes(e)}
+
+    def vdi_list(self, req: Request):
+        entries = self.node.vdis.entries()
+        jobs = [gevent.spawn(self._entry, e) for e in entries]
+        gevent.joinall(jobs)
+        return {"vdis": [j.get() for j in jobs]}
+
+    def vdi_create(self, req: Request):
+        body = req.json()
+        name = body.get("name")
+        size = _int_field(body, "size")
+        copies = _int_field(body, "copies", required=False)
+        return Response(self.node.vdis.create(name, size, copies), status=201)
+
+    def vdi_get(self, req: Request):
+        return self._entry(self.node.vdis.working(req.params["name"]))
+
+    def vdi_delete(self, req: Request):
+        self.node.vdis.delete(req.params["name"])
+        return {}
+
+    def vdi_resize(self, req: Request):
+        return self.node.vdis.resize(req.params["name"], _int_field(req.json(), "size"))
+
+    def vdi_read(self, req: Request):
+        vdis = self.node.vdis
+        entry = vdis.working(req.params["name"])
+        offset = req.int_query("offset", 0)
+        length = req.int_query("length", None)
+        if length is None:
+            length = max(0, entry["size"] - offset)
+        if offset < 0 or length < 0 or offset + length > entry["size"]:
+            raise OutOfRange(f"read of {length} bytes at {offset} is past the end of VDI "
+                             f"'{entry['name']}' ({entry['size']} bytes)")
+        volume = vdis.open_volume(entry, readonly=True)
+        first = volume.read(offset, min(length, DATA_CHUNK))  # errors before the headers
+
+        def chunks():
+            yield first
+            pos = offset + len(first)
+            while pos < offset + length:
+                n = min(DATA_CHUNK, offset + length - pos)
+                yield volume.read(pos, n)
+                pos += n
+        return Response(chunks=chunks(), length=length)
+
+    def vdi_write(self, req: Request):
+        name = req.params["name"]
+        offset = req.int_query("offset", 0)
+        stream = req.environ["wsgi.input"]
+        length = req.environ.get("CONTENT_LENGTH")
+        if length in (None, ""):
+            raise InvalidRequest("PUT of VDI data needs a Content-Length")
+        data = _read_exact(stream, int(length))
+        self.node.vdis.write(name, offset, data)
+        return {"written": len(data)}
+
+    def metrics(self, req: Request):
+        return Response(render_metrics(self.node), content_type="text/plain; version=0.0.4")
+
+
+def _read_exact(stream, n: int) -> bytearray:
+    if n > 64 << 20:
+        raise InvalidRequest("PUT bodies are limited to 64 MiB; send several")
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = stream.read(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise InvalidRequest(f"request body ended after {len(buf)} of {n} bytes")
+        buf += chunk
+    return buf
+

@@ -1,0 +1,197 @@
+"""The sheep daemon: entry point and composition root.
+
+`Sheep` wires the parts together (store, coordinator, epochs, peers, replica,
+gateway, recovery, VDI service, peer/admin/NBD servers); `main()` parses the
+command line, runs it until SIGTERM or SIGINT and stops it cleanly.
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.event import Event  # noqa: E402
+
+from coordinator.cluster import Coordinator  # noqa: E402
+from coordinator.ring import Member  # noqa: E402
+from sheep.admin import AdminApp, AdminServer  # noqa: E402
+from sheep.admin_routes import build_router  # noqa: E402
+from sheep.config import SheepConfig, parse_args  # noqa: E402
+from sheep.epoch import EpochState, EpochView  # noqa: E402
+from sheep.errors import SheepError, StoreMismatch  # noqa: E402
+from sheep.gateway import Gateway  # noqa: E402
+from sheep.peer import PeerPool  # noqa: E402
+from sheep.recovery import Recovery  # noqa: E402
+from sheep.replica import Replica  # noqa: E402
+from sheep.server import PeerServer  # noqa: E402
+from sheep.store import ObjectStore  # noqa: E402
+from sheep.storedir import StoreDir  # noqa: E402
+from sheep.vdis import VdiService  # noqa: E402
+from vdi import objects  # noqa: E402
+
+log = logging.getLogger("sheep")
+
+MAX_BLOCK_SIZE_SHIFT = 26
+
+
+class Sheep:
+    """One storage daemon."""
+
+    def __init__(self, config: SheepConfig) -> None:
+        self.config = config
+        self.storedir = StoreDir.open(config.dir, config.default_node_id)
+        self.node_id = self.storedir.node_id
+        self.stopped = Event()
+        self.epochs = EpochState()
+        self.peers = PeerPool()
+        self._copies_by_vid: dict[int, int] = {}
+        self._fmt: dict | None = None
+        self.store: ObjectStore | None = None
+        self.peer_server = PeerServer(self._handle_peer, config.bind_addr, config.port)
+        self.admin_server = AdminServer(AdminApp(build_router(self)), config.bind_addr,
+                                        config.admin_port)
+        self.member = Member(node_id=self.node_id, addr=config.addr, port=config.port,
+                             admin_port=config.admin_port, nbd_port=config.nbd_port,
+                             zone=config.zone, weight=config.weight, started=time.time())
+        self.coordinator = Coordinator(config.zk_hosts, config.cluster, self.member,
+                                       session_timeout_s=config.session_timeout_s,
+                                       on_epoch=self._on_epoch, on_fence=self._on_fence,
+                                       on_unfence=self._on_unfence)
+        self.replica: Replica | None = None
+        self.gateway: Gateway | None = None
+        self.recovery: Recovery | None = None
+        self.vdis: VdiService | None = None
+        self.nbd = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        self.coordinator.start()
+        try:
+            fmt = self.coordinator.cluster_format()
+            if fmt:
+                self._bind(fmt)
+            elif self.storedir.cluster_name is not None:
+                raise StoreMismatch(f"store {self.config.dir} belongs to cluster "
+                                    f"'{self.storedir.cluster_name}', but cluster "
+                                    f"'{self.config.cluster}' is not formatted")
+        except SheepError:
+            self.coordinator.stop()
+            raise
+        self._open_store()
+        self.peer_server.start()
+        self.admin_server.start()
+        if self.epochs.view is not None:
+            self.recovery.kick()
+        log.info("node=%s cluster=%s peer=%s:%d admin=%d nbd=%d started", self.node_id,
+                 self.config.cluster, self.config.addr, self.config.port,
+                 self.config.admin_port, self.config.nbd_port)
+
+    def _open_store(self) -> None:
+        max_bytes = max(1 << MAX_BLOCK_SIZE_SHIFT, objects.inode_object_bytes(objects.MAX_INDEXES))
+        self.store = ObjectStore(self.config.dir, max_bytes, self.config.reserve_bytes)
+        self.replica = Replica(self.store, self.epochs, is_fenced=lambda: self.coordinator.fenced)
+        self.gateway = Gateway(self.node_id, self.replica, self.peers, self.epochs,
+                               io_timeout_s=self.config.io_timeout_s,
+                               peer_timeout_s=self.config.peer_timeout_s)
+        self.recovery = Recovery(self.node_id, self.replica, self.gateway.call_member,
+                                 self.epochs, self._copies_of)
+        self.replica.recovery = self.recovery
+        self.recovery.start()
+        self.vdis = VdiService(self.coordinator.catalog, self.gateway, self.cluster_format,
+                               locks=self.coordinator.locks, node_id=self.node_id)
+
+    def _bind(self, fmt: dict) -> None:
+        """Tie the store directory to this cluster's format (refuse a foreign one)."""
+        self.storedir.bind(self.config.cluster, fmt["created"])
+        self._fmt = fmt
+
+    def cluster_format(self) -> dict | None:
+        if self._fmt is None:
+            fmt = self.coordinator.cluster_format()
+            if fmt:
+                try:
+                    self._bind(fmt)
+                except StoreMismatch as exc:
+                    log.error("node=%s %s; stopping", self.node_id, exc.message)
+                    gevent.spawn(self.stop)
+                    raise
+        return self._fmt
+
+    def stop(self) -> None:
+        log.info("node=%s stopping", self.node_id)
+        for part in (self.nbd, self.admin_server):
+            if part is not None:
+                part.stop()
+        if self.recovery is not None:
+            self.recovery.stop()
+        self.coordinator.stop()
+        self.peer_server.stop()
+        self.peers.close()
+        if self.store is not None:
+            self.store.flush()
+        self.stopped.set()
+
+    # -- callbacks -------------------------------------------------------------
+    def _on_epoch(self, epoch: dict) -> None:
+        fmt = self.cluster_format()
+        if fmt is None:
+            return
+        view = EpochView.from_dict(epoch)
+        self.storedir.set("epoch", view.epoch)
+        if self.epochs.update(view) and self.recovery is not None:
+            self.recovery.kick()
+
+    def _on_fence(self) -> None:
+        log.warning("node=%s fenced: ZooKeeper session suspended or lost; refusing writes",
+                    self.node_id)
+
+    def _on_unfence(self) -> None:
+        log.warning("node=%s unfenced: registered again", self.node_id)
+
+    def _copies_of(self, oid: int) -> int:
+        vid = objects.oid_vid(oid)
+        copies = self._copies_by_vid.get(vid)
+        if copies is None:
+            for e in self.coordinator.catalog.list():
+                self._copies_by_vid[e["vid"]] = int(e["copies"])
+            copies = self._copies_by_vid.get(vid, int((self._fmt or {}).get("copies", 1)))
+        return copies
+
+    def _handle_peer(self, header: dict, payload):
+        if self.replica is None:
+            from sheep.errors import NotReady
+            raise NotReady("node has no store yet")
+        return self.replica.handle(header, payload)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kazoo").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    _setup_logging(config.log_level)
+    try:
+        node = Sheep(config)
+        node.start()
+    except StoreMismatch as exc:
+        print(f"sheep: {exc.message}", file=sys.stderr)
+        return 1
+    except (SheepError, OSError) as exc:
+        print(f"sheep: cannot start: {exc}", file=sys.stderr)
+        return 1
+    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(node.stop))
+    gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(node.stop))
+    node.stopped.wait()
+    log.info("node=%s stopped", node.node_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Prometheus text exposition of one sheep's state (`GET /metrics`)."""
+from __future__ import annotations
+
+
+def _line(name: str, value, help_text: str, kind: str = "gauge", labels: str = "") -> str:
+    return (f"# HELP sheep_{name} {help_text}\n# TYPE sheep_{name} {kind}\n"
+            f"sheep_{name}{labels} {value}\n")
+
+
+def render_metrics(node) -> str:
+    """Gauges read from the daemon's parts at scrape time."""
+    labels = f'{{node="{node.node_id}"}}'
+    out = [_line("epoch", node.epochs.epoch, "current epoch", labels=labels),
+           _line("fenced", int(bool(node.coordinator.fenced)),
+                 "1 while the ZooKeeper session is lost", labels=labels)]
+    if node.replica is not None:
+        usage = node.store.usage()
+        out.append(_line("objects", usage["objects"], "objects in the local store", labels=labels))
+        out.append(_line("store_used_bytes", usage["used_bytes"], "bytes used by objects",
+                         labels=labels))
+        out.append(_line("store_free_bytes", usage["free_bytes"], "free bytes on the store's disk",
+                         labels=labels))
+    if node.recovery is not None:
+        p = node.recovery.progress
+        out.append(_line("recovery_done_objects", p["done"], "objects checked in this pass",
+                         labels=labels))
+        out.append(_line("recovery_total_objects", p["total"], "objects to check in this pass",
+                         labels=labels))
+        out.append(_line("recovery_pulled_bytes", p["bytes"], "bytes pulled in this pass",
+                         labels=labels))
+    return "".join(out)
