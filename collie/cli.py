@@ -1,0 +1,442 @@
+"""collie: the command line for a sheepdog-py cluster (a thin client of one sheep's HTTP admin API).
+
+``collie [-a ADDR] [-p ADMIN_PORT] [--debug] <group> <command> [--json] ...``
+
+Each command is a plain function ``cmd_<group>_<command>(client, args) -> int``
+taking an ``AdminClient`` (or any object with the same ``get/post/delete/
+get_bytes/put_bytes`` methods) and the parsed arguments; it prints its result
+and returns 0, or raises ``CollieError``.  Only ``main`` turns errors into the one
+stderr line and the exit code (docs/collie.md has the table); nothing here exits.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import stat
+import sys
+import traceback
+from contextlib import contextmanager
+
+from collie import render
+from collie.client import AdminClient, CollieError, Exit, quoted, vdi_path
+from collie.progress import Progress
+from collie.sizes import format_size, parse_size
+
+CHUNK_BYTES = 4 << 20
+DEFAULT_ADDR = "127.0.0.1"
+DEFAULT_ADMIN_PORT = 7000
+
+
+class UsageError(Exception):
+    """A command line that cannot be run (exit 64)."""
+
+
+class _ParserExit(Exception):
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser that raises instead of exiting: usage errors become one line and exit 64."""
+
+    def error(self, message):
+        raise UsageError(f"{' '.join(message.split())} (see '{self.prog} --help')")
+
+    def exit(self, status=0, message=None):
+        if message:
+            sys.stderr.write(message)
+        raise _ParserExit(status)
+
+
+def _typed(parse):
+    """An argparse ``type`` from a parser raising ValueError with a user-facing message."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _bounded_int(text: str, low: int, high: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        limits = f"{low}-{high}" if high < 1 << 62 else f">= {low}"
+        raise ValueError(f"invalid {what} '{text}': expected an integer {limits}")
+    return value
+
+
+def _count(text: str) -> int:
+    return _bounded_int(text, 1, 1 << 62, "count")
+
+
+def _port(text: str) -> int:
+    return _bounded_int(text, 1, 65535, "port")
+
+
+size_arg = _typed(parse_size)
+offset_arg = _typed(lambda text: parse_size(text, allow_zero=True))
+count_arg = _typed(_count)
+port_arg = _typed(_port)
+
+
+# ---- output helpers -------------------------------------------------------------------------------
+
+def _emit(args, answer, text: str | None) -> int:
+    """Print the API answer as JSON with --json, else ``text`` (if any)."""
+    if getattr(args, "json", False):
+        print(render.render_json(answer))
+    elif text:
+        print(text)
+    return Exit.OK
+
+
+@contextmanager
+def _route(what: str, route_only: bool = False):
+    """Turn "the sheep has no such route" into a clear failure (exit 1) instead of "not found".
+
+    ``route_only``: the path names no resource, so any 404 means the route is missing.
+    """
+    try:
+        yield
+    except CollieError as err:
+        if err.route_missing or (route_only and err.status == 404):
+            raise CollieError(f"'{what}' is not supported by this sheep (HTTP {err.status})",
+                              Exit.FAILURE, status=err.status, code=err.code) from err
+        raise
+
+
+# ---- cluster --------------------------------------------------------------------------------------
+
+def cmd_cluster_format(client, args) -> int:
+    answer = client.post("/cluster/format", {"copies": args.copies, "block_size_shift": args.block_size_shift})
+    return _emit(args, answer, render.render_format(answer))
+
+
+def cmd_cluster_info(client, args) -> int:
+    answer = client.get("/cluster")
+    return _emit(args, answer, render.render_cluster_info(answer))
+
+
+def cmd_cluster_shutdown(client, args) -> int:
+    with _route("cluster shutdown", route_only=True):
+        answer = client.post("/cluster/shutdown", {})
+    return _emit(args, answer, "cluster shutdown requested")
+
+
+# ---- node -----------------------------------------------------------------------------------------
+
+def cmd_node_list(client, args) -> int:
+    answer = client.get("/nodes")
+    return _emit(args, answer, render.render_node_list(answer.get("nodes") or []))
+
+
+def cmd_node_info(client, args) -> int:
+    answer = client.get("/nodes")
+    return _emit(args, answer, render.render_node_info(answer.get("nodes") or []))
+
+
+def cmd_node_recovery(client, args) -> int:
+    with _route("node recovery", route_only=True):
+        answer = client.get("/recovery")
+    return _emit(args, answer, render.render_recovery(answer))
+
+
+# ---- vdi ------------------------------------------------------------------------------------------
+
+def cmd_vdi_create(client, args) -> int:
+    body = {"name": args.name, "size": args.size}
+    if args.copies is not None:
+        body["copies"] = args.copies
+    entry = client.post("/vdis", body)
+    size = format_size(int(entry.get("size", args.size)))
+    return _emit(args, entry, f"vdi '{args.name}' created: size {size}, copies {entry.get('copies', '-')}")
+
+
+def cmd_vdi_list(client, args) -> int:
+    answer = client.get("/vdis")
+    return _emit(args, answer, render.render_vdi_list(answer.get("vdis") or []))
+
+
+def cmd_vdi_delete(client, args) -> int:
+    answer = client.delete(vdi_path(args.name))
+    return _emit(args, answer, f"vdi '{args.name}' deleted")
+
+
+def cmd_vdi_resize(client, args) -> int:
+    entry = client.post(vdi_path(args.name, "resize"), {"size": args.size})
+    size = format_size(int(entry.get("size", args.size)))
+    return _emit(args, entry, f"vdi '{args.name}' resized to {size}")
+
+
+def cmd_vdi_read(client, args) -> int:
+    """Copy [OFFSET, OFFSET+LENGTH) of the VDI (default: to its end) to stdout, 4 MiB-aligned chunks."""
+    offset, length = args.offset or 0, args.length
+    if length is None:
+        size = int(client.get(vdi_path(args.name))["size"])
+        if offset > size:
+            raise CollieError(f"offset {offset} is beyond the end of vdi '{args.name}' ({size} bytes)")
+        length = size - offset
+    out = sys.stdout.buffer
+    progress = Progress.for_transfer(length, sys.stderr, enabled=not args.json)
+    pos, end = offset, offset + length
+    try:
+        while pos < end:
+            want = min(CHUNK_BYTES - pos % CHUNK_BYTES, end - pos)
+            data = client.get_bytes(vdi_path(args.name, "data"), offset=pos, length=want)
+            if len(data) != want:
+                raise CollieError(f"short read from vdi '{args.name}' at offset {pos}: "
+                                  f"{len(data)} of {want} bytes")
+            out.write(data)
+            pos += want
+            progress.update(want)
+        out.flush()
+    finally:
+        progress.close()
+    return Exit.OK
+
+
+def _read_full(stream, n: int) -> bytes:
+    """Up to ``n`` bytes; fewer only at end of input (pipes return short reads)."""
+    parts, got = [], 0
+    while got < n:
+        data = stream.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+def _input_remaining(stream) -> int | None:
+    """Bytes left in ``stream`` when it is a regular file, else None (unknown)."""
+    try:
+        st = os.fstat(stream.fileno())
+        return st.st_size - stream.tell() if stat.S_ISREG(st.st_mode) else None
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+
+
+def cmd_vdi_write(client, args) -> int:
+    """Write stdin at OFFSET in 4 MiB-aligned chunks: until EOF, or exactly LENGTH bytes (short input fails)."""
+    stream = sys.stdin.buffer
+    offset, length = args.offset or 0, args.length
+    total = length if length is not None else _input_remaining(stream)
+    progress = Progress.for_transfer(total, sys.stderr, enabled=not args.json)
+    pos, written = offset, 0
+    try:
+        while length is None or written < length:
+            want = CHUNK_BYTES - pos % CHUNK_BYTES
+            if length is not None:
+                want = min(want, length - written)
+            data = _read_full(stream, want)
+            if data:
+                answer = client.put_bytes(vdi_path(args.name, "data"), data, offset=pos)
+                if answer.get("written", len(data)) != len(data):
+                    raise CollieError(f"short write to vdi '{args.name}' at offset {pos}: "
+                                      f"{answer.get('written')} of {len(data)} bytes")
+                pos += len(data)
+                written += len(data)
+                progress.update(len(data))
+            if len(data) < want:
+                if length is not None:
+                    raise CollieError(f"stdin ended after {written} of {length} bytes")
+                break
+    finally:
+        progress.close()
+    return _emit(args, {"written": written}, None)
+
+
+def cmd_vdi_snapshot(client, args) -> int:
+    with _route("vdi snapshot"):
+        answer = client.post(vdi_path(args.name, "snapshot"), {"tag": args.tag})
+    return _emit(args, answer, f"vdi '{args.name}' snapshot '{args.tag}' created")
+
+
+def cmd_vdi_clone(client, args) -> int:
+    with _route("vdi clone"):
+        answer = client.post(vdi_path(args.src, "clone"), {"tag": args.tag, "name": args.dst})
+    return _emit(args, answer, f"vdi '{args.dst}' cloned from '{args.src}' snapshot '{args.tag}'")
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    sys.stderr.write(f"{question} [yes/no]: ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def cmd_vdi_rollback(client, args) -> int:
+    if not args.force and not _confirm("This discards every change made since the snapshot was taken. Continue?"):
+        raise CollieError("rollback not confirmed (answer 'yes' on a terminal, or pass -f)")
+    with _route("vdi rollback"):
+        answer = client.post(vdi_path(args.name, "rollback"), {"tag": args.tag})
+    return _emit(args, answer, f"vdi '{args.name}' rolled back to snapshot '{args.tag}'")
+
+
+def cmd_vdi_tree(client, args) -> int:
+    answer = client.get("/vdis")
+    return _emit(args, answer, render.render_vdi_tree(answer.get("vdis") or []))
+
+
+def cmd_vdi_check(client, args) -> int:
+    with _route("vdi check"):
+        answer = client.post(vdi_path(args.name, "check"), {})
+    return _emit(args, answer, render.render_check(args.name, answer))
+
+
+def cmd_vdi_lock_list(client, args) -> int:
+    with _route("vdi lock list", route_only=True):
+        answer = client.get("/locks")
+    return _emit(args, answer, render.render_locks(answer))
+
+
+def cmd_vdi_lock_unlock(client, args) -> int:
+    with _route("vdi lock unlock"):
+        answer = client.delete("/locks/" + quoted(args.name))
+    return _emit(args, answer, f"vdi '{args.name}' unlocked")
+
+
+# ---- parser ---------------------------------------------------------------------------------------
+
+def build_parser() -> Parser:
+    """The whole command tree; each leaf sets ``func`` to its ``cmd_*`` function."""
+    parser = Parser(prog="collie", description="Manage a sheepdog-py cluster through a sheep's admin API.")
+    parser.add_argument("-a", "--address", dest="addr", default=None,
+                        help=f"sheep address (env SHEEP_ADDR, default {DEFAULT_ADDR})")
+    parser.add_argument("-p", "--port", dest="port", type=port_arg, default=None,
+                        help=f"sheep admin port (env SHEEP_ADMIN_PORT, default {DEFAULT_ADMIN_PORT})")
+    parser.add_argument("--debug", action="store_true", help="log HTTP requests; tracebacks on errors")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+    # Leaves accept the same options after the command, Sheepdog style; SUPPRESS keeps the top-level value.
+    leaf = Parser(add_help=False)
+    leaf.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                      help="print the API's JSON answer")
+    leaf.add_argument("-a", "--address", dest="addr", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    leaf.add_argument("-p", "--port", dest="port", type=port_arg, default=argparse.SUPPRESS,
+                      help=argparse.SUPPRESS)
+    leaf.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    groups = parser.add_subparsers(dest="group", metavar="{cluster,node,vdi}", required=True)
+
+    def commands(group_parser, dest="command"):
+        return group_parser.add_subparsers(dest=dest, metavar="COMMAND", required=True)
+
+    def add(sub, name, func, help_text):
+        p = sub.add_parser(name, parents=[leaf], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    cluster = commands(groups.add_parser("cluster", help="cluster-wide operations"))
+    p = add(cluster, "format", cmd_cluster_format, "format the cluster (once)")
+    p.add_argument("-c", "--copies", type=count_arg, default=3, help="replicas per object (default 3)")
+    p.add_argument("-b", "--block-size-shift", type=count_arg, default=22,
+                   help="object size as a power of two (default 22: 4 MiB)")
+    add(cluster, "info", cmd_cluster_info, "show cluster status and epoch history")
+    add(cluster, "shutdown", cmd_cluster_shutdown, "stop every sheep cleanly")
+
+    node = commands(groups.add_parser("node", help="node operations"))
+    add(node, "list", cmd_node_list, "list the nodes of the current epoch")
+    add(node, "info", cmd_node_info, "show per-node space usage")
+    add(node, "recovery", cmd_node_recovery, "show recovery progress")
+
+    vdi = commands(groups.add_parser("vdi", help="virtual disk image operations"))
+    p = add(vdi, "create", cmd_vdi_create, "create a VDI")
+    p.add_argument("name")
+    p.add_argument("size", type=size_arg, help="size, e.g. 10G")
+    p.add_argument("-c", "--copies", type=count_arg, default=None, help="replicas (default: the cluster's)")
+    add(vdi, "list", cmd_vdi_list, "list VDIs and snapshots")
+    add(vdi, "delete", cmd_vdi_delete, "delete a VDI").add_argument("name")
+    p = add(vdi, "resize", cmd_vdi_resize, "grow a VDI")
+    p.add_argument("name")
+    p.add_argument("size", type=size_arg, help="new size, e.g. 20G")
+    for name, func, text in (("read", cmd_vdi_read, "copy VDI data to stdout"),
+                             ("write", cmd_vdi_write, "write stdin into a VDI")):
+        p = add(vdi, name, func, text)
+        p.add_argument("name")
+        p.add_argument("offset", nargs="?", type=offset_arg, default=0, help="byte offset (size suffixes ok)")
+        p.add_argument("length", nargs="?", type=size_arg, default=None, help="byte count (size suffixes ok)")
+    p = add(vdi, "snapshot", cmd_vdi_snapshot, "take a snapshot")
+    p.add_argument("-s", "--snapshot", dest="tag", required=True, help="snapshot tag")
+    p.add_argument("name")
+    p = add(vdi, "clone", cmd_vdi_clone, "clone a snapshot into a new VDI")
+    p.add_argument("-s", "--snapshot", dest="tag", required=True, help="source snapshot tag")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p = add(vdi, "rollback", cmd_vdi_rollback, "roll a VDI back to a snapshot")
+    p.add_argument("-s", "--snapshot", dest="tag", required=True, help="snapshot tag")
+    p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    p.add_argument("name")
+    add(vdi, "tree", cmd_vdi_tree, "show VDIs, snapshots and clones as trees")
+    add(vdi, "check", cmd_vdi_check, "check and repair a VDI's replicas").add_argument("name")
+    lock = commands(vdi.add_parser("lock", help="VDI locks"), dest="lock_command")
+    add(lock, "list", cmd_vdi_lock_list, "list locked VDIs")
+    add(lock, "unlock", cmd_vdi_lock_unlock, "force-release a VDI's lock").add_argument("name")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse ``argv`` and fill address/port from the environment; raises UsageError or _ParserExit."""
+    args = build_parser().parse_args(argv)
+    if args.addr is None:
+        args.addr = os.environ.get("SHEEP_ADDR") or DEFAULT_ADDR
+    if args.port is None:
+        env = os.environ.get("SHEEP_ADMIN_PORT")
+        try:
+            args.port = _port(env) if env else DEFAULT_ADMIN_PORT
+        except ValueError as err:
+            raise UsageError(f"SHEEP_ADMIN_PORT: {err}") from None
+    return args
+
+
+def _fail(message: str) -> None:
+    print(f"collie: {' '.join(message.split())}", file=sys.stderr)
+
+
+def main(argv=None, client_factory=AdminClient) -> int:
+    """Run one collie command line; return its exit code (the console script passes it to sys.exit)."""
+    try:
+        args = parse_args(argv)
+    except _ParserExit as done:
+        return done.status
+    except UsageError as err:
+        _fail(str(err))
+        return Exit.USAGE
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        client = client_factory(args.addr, args.port)
+        try:
+            return int(args.func(client, args))
+        finally:
+            client.close()
+    except CollieError as err:
+        if args.debug:
+            traceback.print_exc()
+        _fail(err.message)
+        return err.exit_code
+    except BrokenPipeError:
+        try:  # keep the interpreter's final flush from complaining about the closed pipe again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+        _fail("output closed (broken pipe)")
+        return Exit.FAILURE
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except Exception as err:  # the one catch-all: a bug, reported in one line
+        if args.debug:
+            traceback.print_exc()
+        _fail(f"internal error: {type(err).__name__}: {err} (run with --debug for details)")
+        return Exit.FAILURE
