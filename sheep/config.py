@@ -13,8 +13,8 @@ class SheepConfig:
     cluster: str = "default"
     addr: str = "127.0.0.1"
     listen: str = ""               # bind address; "" = addr
-    port: int = 7000
-    admin_port: int = 8000
+    port: int = 7100
+    admin_port: int = 7000
     nbd_port: int = 10809
     zone: str = ""
     weight: int = 1
@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", default="default", help="cluster name (ZooKeeper chroot)")
     p.add_argument("--addr", default="127.0.0.1", help="address other sheep reach this one at")
     p.add_argument("--listen", default="", help="bind address (default: --addr)")
-    p.add_argument("--port", type=int, default=7000, help="peer protocol port")
-    p.add_argument("--admin-port", type=int, default=8000, help="HTTP admin API port")
+    p.add_argument("--port", type=int, default=7100, help="peer protocol port")
+    p.add_argument("--admin-port", type=int, default=7000,
+                   help="HTTP admin API port (collie's -p)")
     p.add_argument("--nbd-port", type=int, default=10809, help="NBD port")
     p.add_argument("--zone", default="", help="failure zone (default: the node itself)")
     p.add_argument("--weight", type=int, default=1, help="relative capacity weight")
