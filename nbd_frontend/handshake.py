@@ -1,0 +1,393 @@
+"""NBD fixed-newstyle handshake, server side, sans-IO (h11 style).
+
+Theory of operation
+-------------------
+``ServerHandshake`` owns no socket.  The shell sends ``data_to_send()`` (the
+greeting first), feeds what the client sends to ``receive_data()`` and calls
+``next_event()`` until ``NEED_DATA``.  Options that need nothing from the outside
+(STRUCTURED_REPLY, LIST/SET_META_CONTEXT, unknown options, malformed option data)
+are answered inside the machine: their replies just appear in ``data_to_send()``.
+Options that need the export provider surface as events, and the machine waits
+in ``DECIDE`` until the shell answers with exactly one call:
+
+=======================  =======================================================
+event                    shell answers with
+=======================  =======================================================
+``ListRequest``          ``reply_list(names)``
+``ExportRequest`` (INFO) ``accept_export(size, readonly)`` / ``refuse_export(code, msg)``
+``ExportRequest`` (GO,   same; acceptance enters transmission (``Ready`` event);
+EXPORT_NAME)             refusing EXPORT_NAME closes (the protocol has no error reply)
+``Aborted``              nothing: send the pending ACK and close
+``Ready``                switch to ``RequestParser``; ``trailing_data()`` belongs to it
+=======================  =======================================================
+
+Invariants
+----------
+* At most one option is in progress; the next one is not parsed until the
+  current one has its final reply (clients must not pipeline options anyway).
+* State changes happen only through ``_TRANSITIONS``; anything not in the table
+  raises ``NbdProtocolError``.  It is the only exception this module raises.
+* ``TRANSMISSION`` and ``CLOSED`` are terminal.
+* Option data is buffered only up to ``MAX_OPTION_DATA``; longer data is skipped
+  without buffering and the option gets an error reply.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from nbd_frontend import protocol as p
+from nbd_frontend.protocol import NEED_DATA, NbdProtocolError
+
+GREETING = struct.Struct("!QQH")            # NBDMAGIC, IHAVEOPT, handshake flags
+CLIENT_FLAGS = struct.Struct("!I")
+OPTION_HEADER = struct.Struct("!QII")       # IHAVEOPT, option, data length
+OPTION_REPLY = struct.Struct("!QIII")       # magic, option, reply type, data length
+EXPORT_NAME_REPLY = struct.Struct("!QH")    # size, transmission flags (+124 zeroes)
+INFO_EXPORT = struct.Struct("!HQH")         # type, size, transmission flags
+INFO_BLOCK_SIZE = struct.Struct("!HIII")    # type, minimum, preferred, maximum
+U16 = struct.Struct("!H")
+U32 = p.U32
+
+MAX_OPTION_DATA = 16 * 1024
+MAX_STRING = 4096
+SERVER_HANDSHAKE_FLAGS = p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES
+
+# states
+CLIENT_FLAGS_WAIT = "CLIENT_FLAGS"
+OPTIONS = "OPTIONS"
+DISCARD = "DISCARD"
+DECIDE = "DECIDE"
+TRANSMISSION = "TRANSMISSION"
+CLOSED = "CLOSED"
+
+# (state, input) -> next state.  Inputs: what the client sent or the shell answered.
+_TRANSITIONS = {
+    (CLIENT_FLAGS_WAIT, "client_flags"): OPTIONS,
+    (OPTIONS, "answered_inline"): OPTIONS,
+    (OPTIONS, "oversized_option"): DISCARD,
+    (DISCARD, "discarded"): OPTIONS,
+    (OPTIONS, "needs_shell"): DECIDE,
+    (OPTIONS, "abort"): CLOSED,
+    (DECIDE, "answered"): OPTIONS,
+    (DECIDE, "go"): TRANSMISSION,
+    (DECIDE, "export_name_refused"): CLOSED,
+}
+
+
+@dataclass(frozen=True)
+class ListRequest:
+    """NBD_OPT_LIST: answer with ``reply_list(names)``."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """NBD_OPT_INFO, NBD_OPT_GO or NBD_OPT_EXPORT_NAME for ``name``."""
+    option: int
+    name: str
+    info_requests: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Aborted:
+    """NBD_OPT_ABORT: the ACK is queued; close after sending it."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Negotiation finished; transmission starts with these parameters."""
+    name: str
+    size: int
+    readonly: bool
+    structured: bool
+    meta_contexts: frozenset
+    flags: int
+
+    def transmission(self) -> p.Transmission:
+        return p.Transmission(self.size, self.readonly, self.structured, self.meta_contexts)
+
+
+def option_reply(option: int, rtype: int, data: bytes = b"") -> bytes:
+    return OPTION_REPLY.pack(p.OPTION_REPLY_MAGIC, option, rtype, len(data)) + data
+
+
+class _BadOption(Exception):
+    """Internal: malformed option data, answered with NBD_REP_ERR_INVALID."""
+
+
+def _string(data: bytes, what: str) -> str:
+    if len(data) > MAX_STRING:
+        raise _BadOption(f"{what} too long")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _BadOption(f"{what} is not UTF-8") from None
+    if "\0" in text:
+        raise _BadOption(f"{what} contains NUL")
+    return text
+
+
+class _Reader:
+    """Bounds-checked cursor over one option's data."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise _BadOption("option data too short")
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+    def unpack(self, st: struct.Struct):
+        return st.unpack(self.take(st.size))
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise _BadOption("trailing bytes in option data")
+
+
+class ServerHandshake:
+    """Server side of fixed-newstyle negotiation (see module docstring)."""
+
+    def __init__(self) -> None:
+        self.state = CLIENT_FLAGS_WAIT
+        self._in = bytearray()
+        self._out = bytearray(GREETING.pack(p.NBDMAGIC, p.IHAVEOPT, SERVER_HANDSHAKE_FLAGS))
+        self.client_flags = 0
+        self.structured = False
+        self._meta_export: str | None = None     # export named in the last SET_META_CONTEXT
+        self._meta_ids: frozenset = frozenset()
+        self._discard_left = 0
+        self._discard_option = 0
+        self._current: ExportRequest | ListRequest | None = None
+        self._ready: Ready | None = None
+        self._ready_reported = False
+
+    # -- plumbing ----------------------------------------------------------------
+    def _go(self, transition: str) -> None:
+        nxt = _TRANSITIONS.get((self.state, transition))
+        if nxt is None:
+            raise NbdProtocolError(f"{transition} not allowed in handshake state {self.state}")
+        self.state = nxt
+
+    def data_to_send(self) -> bytes:
+        out, self._out = bytes(self._out), bytearray()
+        return out
+
+    def trailing_data(self) -> bytes:
+        """Bytes received after the handshake ended (they belong to transmission)."""
+        data, self._in = bytes(self._in), bytearray()
+        return data
+
+    def receive_data(self, data) -> None:
+        if self.state in (TRANSMISSION, CLOSED):
+            raise NbdProtocolError(f"data after handshake ended ({self.state})")
+        if self.state == DISCARD:
+            skip = min(len(data), self._discard_left)
+            self._discard_left -= skip
+            data = memoryview(data)[skip:]
+        self._in += data
+
+    # -- events ------------------------------------------------------------------
+    def next_event(self):
+        """Next event, or NEED_DATA.  Raises NbdProtocolError on a broken stream."""
+        while True:
+            if self.state == TRANSMISSION:
+                if self._ready_reported:
+                    return NEED_DATA
+                self._ready_reported = True
+                return self._ready
+            if self.state in (DECIDE, CLOSED):
+                return NEED_DATA
+            if self.state == CLIENT_FLAGS_WAIT:
+                if len(self._in) < CLIENT_FLAGS.size:
+                    return NEED_DATA
+                (flags,) = CLIENT_FLAGS.unpack_from(self._in)
+                del self._in[:CLIENT_FLAGS.size]
+                if flags & ~p.KNOWN_CLIENT_FLAGS:
+                    self.state = CLOSED
+                    raise NbdProtocolError(f"unknown client flags 0x{flags:x}")
+                self.client_flags = flags
+                self._go("client_flags")
+                continue
+            if self.state == DISCARD:
+                if self._discard_left:
+                    return NEED_DATA
+                self._go("discarded")
+                rtype = (p.REP_ERR_UNSUP if self._discard_option not in _HANDLERS
+                         else p.REP_ERR_TOO_BIG)
+                self._out += option_reply(self._discard_option, rtype, b"option data too long")
+                continue
+            event = self._next_option()
+            if event is not None:
+                return event
+
+    def _next_option(self):
+        """Parse one option in OPTIONS; returns an event, NEED_DATA, or None to loop."""
+        if len(self._in) < OPTION_HEADER.size:
+            return NEED_DATA
+        magic, option, length = OPTION_HEADER.unpack_from(self._in)
+        if magic != p.IHAVEOPT:
+            self.state = CLOSED
+            raise NbdProtocolError(f"bad option magic 0x{magic:016x}")
+        if length > MAX_OPTION_DATA:
+            if option == p.OPT_EXPORT_NAME:
+                self.state = CLOSED
+                raise NbdProtocolError("EXPORT_NAME data too long")
+            del self._in[:OPTION_HEADER.size]
+            skip = min(len(self._in), length)
+            del self._in[:skip]
+            self._discard_left = length - skip
+            self._discard_option = option
+            self._go("oversized_option")
+            return None
+        if len(self._in) < OPTION_HEADER.size + length:
+            return NEED_DATA
+        data = bytes(self._in[OPTION_HEADER.size:OPTION_HEADER.size + length])
+        del self._in[:OPTION_HEADER.size + length]
+        handler = _HANDLERS.get(option)
+        if handler is None:
+            self._out += option_reply(option, p.REP_ERR_UNSUP, b"option not supported")
+            self._go("answered_inline")
+            return None
+        try:
+            return handler(self, option, data)
+        except _BadOption as exc:
+            if option == p.OPT_EXPORT_NAME:
+                self.state = CLOSED
+                raise NbdProtocolError(str(exc)) from None
+            self._out += option_reply(option, p.REP_ERR_INVALID, str(exc).encode())
+            self._go("answered_inline")
+            return None
+
+    # -- option handlers (client input) ---------------------------------------------
+    def _opt_export_name(self, option: int, data: bytes):
+        self._current = ExportRequest(option, _string(data, "export name"))
+        self._go("needs_shell")
+        return self._current
+
+    def _opt_abort(self, option: int, data: bytes):
+        self._out += option_reply(option, p.REP_ACK)
+        self._go("abort")
+        return Aborted()
+
+    def _opt_list(self, option: int, data: bytes):
+        if data:
+            raise _BadOption("LIST takes no data")
+        self._current = ListRequest()
+        self._go("needs_shell")
+        return self._current
+
+    def _opt_info_go(self, option: int, data: bytes):
+        r = _Reader(data)
+        (name_len,) = r.unpack(U32)
+        name = _string(r.take(name_len), "export name")
+        (count,) = r.unpack(U16)
+        requests = tuple(r.unpack(U16)[0] for _ in range(count))
+        r.end()
+        self._current = ExportRequest(option, name, requests)
+        self._go("needs_shell")
+        return self._current
+
+    def _opt_structured_reply(self, option: int, data: bytes):
+        if data:
+            raise _BadOption("STRUCTURED_REPLY takes no data")
+        self.structured = True
+        self._out += option_reply(option, p.REP_ACK)
+        self._go("answered_inline")
+        return None
+
+    def _opt_meta_context(self, option: int, data: bytes):
+        r = _Reader(data)
+        (name_len,) = r.unpack(U32)
+        export = _string(r.take(name_len), "export name")
+        (count,) = r.unpack(U32)
+        queries = []
+        for _ in range(count):
+            (qlen,) = r.unpack(U32)
+            queries.append(_string(r.take(qlen), "query"))
+        r.end()
+        setting = option == p.OPT_SET_META_CONTEXT
+        if setting and not self.structured:
+            raise _BadOption("SET_META_CONTEXT needs structured replies first")
+        if setting:
+            match = any(q == p.META_BASE_ALLOCATION for q in queries)
+        else:
+            match = not queries or any(q in (p.META_BASE_ALLOCATION, "base:") for q in queries)
+        if match:
+            ctx = U32.pack(p.BASE_ALLOCATION_ID) + p.META_BASE_ALLOCATION.encode()
+            self._out += option_reply(option, p.REP_META_CONTEXT, ctx)
+        if setting:
+            self._meta_export = export
+            self._meta_ids = frozenset({p.BASE_ALLOCATION_ID}) if match else frozenset()
+        self._out += option_reply(option, p.REP_ACK)
+        self._go("answered_inline")
+        return None
+
+    # -- shell answers -----------------------------------------------------------
+    def reply_list(self, names) -> None:
+        """Answer a ListRequest with the provider's export names."""
+        if not isinstance(self._current, ListRequest):
+            raise NbdProtocolError("no LIST in progress")
+        for name in names:
+            raw = name.encode("utf-8")
+            self._out += option_reply(p.OPT_LIST, p.REP_SERVER, U32.pack(len(raw)) + raw)
+        self._out += option_reply(p.OPT_LIST, p.REP_ACK)
+        self._current = None
+        self._go("answered")
+
+    def accept_export(self, size: int, readonly: bool, description: str | None = None) -> None:
+        """The ExportRequest's export exists (INFO) or is open (GO, EXPORT_NAME)."""
+        req = self._current
+        if not isinstance(req, ExportRequest):
+            raise NbdProtocolError("no export request in progress")
+        self._current = None
+        flags = p.transmission_flags(readonly, self.structured)
+        if req.option == p.OPT_EXPORT_NAME:
+            self._out += EXPORT_NAME_REPLY.pack(size, flags)
+            if not self.client_flags & p.FLAG_C_NO_ZEROES:
+                self._out += bytes(124)
+        else:
+            info = [INFO_EXPORT.pack(p.INFO_EXPORT, size, flags),
+                    INFO_BLOCK_SIZE.pack(p.INFO_BLOCK_SIZE, p.MIN_BLOCK, p.PREFERRED_BLOCK,
+                                         p.MAX_PAYLOAD)]
+            if p.INFO_NAME in req.info_requests:
+                info.append(U16.pack(p.INFO_NAME) + req.name.encode())
+            if p.INFO_DESCRIPTION in req.info_requests and description:
+                info.append(U16.pack(p.INFO_DESCRIPTION) + description.encode()[:MAX_STRING])
+            for item in info:
+                self._out += option_reply(req.option, p.REP_INFO, item)
+            self._out += option_reply(req.option, p.REP_ACK)
+        if req.option == p.OPT_INFO:
+            self._go("answered")
+            return
+        meta = self._meta_ids if self._meta_export == req.name and self.structured else frozenset()
+        self._ready = Ready(req.name, size, readonly, self.structured, meta, flags)
+        self._go("go")
+
+    def refuse_export(self, code: int, message: str) -> None:
+        """Refuse the ExportRequest with an NBD_REP_ERR_* code and a message for the user."""
+        req = self._current
+        if not isinstance(req, ExportRequest):
+            raise NbdProtocolError("no export request in progress")
+        self._current = None
+        if req.option == p.OPT_EXPORT_NAME:
+            self._go("export_name_refused")       # no error reply exists: hard disconnect
+            return
+        msg = message.encode("utf-8", "replace")[:MAX_STRING]
+        self._out += option_reply(req.option, code, msg)
+        self._go("answered")
+
+
+_HANDLERS = {
+    p.OPT_EXPORT_NAME: ServerHandshake._opt_export_name,
+    p.OPT_ABORT: ServerHandshake._opt_abort,
+    p.OPT_LIST: ServerHandshake._opt_list,
+    p.OPT_INFO: ServerHandshake._opt_info_go,
+    p.OPT_GO: ServerHandshake._opt_info_go,
+    p.OPT_STRUCTURED_REPLY: ServerHandshake._opt_structured_reply,
+    p.OPT_LIST_META_CONTEXT: ServerHandshake._opt_meta_context,
+    p.OPT_SET_META_CONTEXT: ServerHandshake._opt_meta_context,
+}

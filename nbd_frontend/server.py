@@ -1,0 +1,340 @@
+"""The gevent shell around the sans-IO NBD protocol: sockets, greenlets, the export.
+
+Theory of operation
+-------------------
+One greenlet per connection (from the StreamServer's bounded pool) runs the
+handshake (``nbd_frontend.handshake``) and then reads requests continuously
+(``nbd_frontend.protocol.RequestParser``).  Each valid request runs in its own
+greenlet from a per-connection ``Pool(pool_size)``; when the pool is full the
+reader blocks, which is the back-pressure towards the client.  Replies go out in
+completion order; a per-connection lock makes each reply (header, then payload
+as a separate buffer) atomic on the socket.
+
+Ending a connection: DISC, EOF, a framing error, ``stop()`` or revocation stop
+the reader; requests already running are waited for (their replies may fail
+quietly on a dead socket); then ``export.close()`` runs exactly once.
+
+Revocation (``drop_export_clients``): the connection is flagged and its socket
+shut down at once.  Every request checks the flag right before touching the
+export, so nothing that arrives or is still queued after the drop executes.
+
+Durability: a FLUSH calls ``export.flush()``, which covers every write that
+returned before it, hence every write replied to before the FLUSH arrived.  A
+FUA write/trim/zero passes ``fua=True`` to the export and, unless the export
+sets ``handles_fua = True`` (it makes fua writes durable itself), is followed by
+``export.flush()`` before the reply.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+
+import gevent
+from gevent.lock import Semaphore
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from nbd_frontend import protocol as p
+from nbd_frontend.export import Export, ExportProvider, errno_for, option_error_for
+from nbd_frontend.handshake import (CLOSED, Aborted, ExportRequest, ListRequest, Ready,
+                                    ServerHandshake)
+from nbd_frontend.protocol import NEED_DATA, NbdProtocolError, Request, RequestParser
+from sheep.errors import SheepError
+
+log = logging.getLogger(__name__)
+
+RECV_BYTES = 256 * 1024
+
+
+class NbdServer:
+    """NBD server for the exports of one provider.
+
+    ``NbdServer(provider, host, port, *, pool_size=64, max_connections=1024,
+    handshake_timeout_s=30.0)``; ``start()``, ``stop()``, ``address``,
+    ``drop_export_clients(name) -> int``.  Port 0 picks a free port.
+    """
+
+    def __init__(self, provider: ExportProvider, host: str = "127.0.0.1", port: int = 10809, *,
+                 pool_size: int = 64, max_connections: int = 1024,
+                 handshake_timeout_s: float = 30.0):
+        self.provider = provider
+        self.pool_size = pool_size
+        self.handshake_timeout_s = handshake_timeout_s
+        self._listen = (host, port)
+        self._max_connections = max_connections
+        self._server: StreamServer | None = None
+        self._connections: set[_Connection] = set()
+        self._by_export: dict[str, set[_Connection]] = {}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            return self._listen
+        return self._server.address[:2]
+
+    def start(self) -> None:
+        self._server = StreamServer(self._listen, self._handle,
+                                    spawn=Pool(self._max_connections))
+        self._server.start()
+        log.info("nbd server listening on %s:%d", *self.address)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Close the listener and every client connection; wait for them to end."""
+        if self._server is None:
+            return
+        self._server.close()
+        for conn in list(self._connections):
+            conn.shutdown("server stopping")
+        self._server.stop(timeout=timeout_s)
+        log.info("nbd server on %s:%d stopped", *self.address)
+
+    def drop_export_clients(self, name: str) -> int:
+        """Cut every connection serving export ``name`` now (e.g. its VDI lock was broken).
+
+        Returns how many connections were cut.  No request of those connections
+        that has not started executing yet will run.
+        """
+        conns = list(self._by_export.get(name, ()))
+        for conn in conns:
+            conn.revoke()
+        if conns:
+            log.warning("dropped %d client(s) of export %s", len(conns), name)
+        return len(conns)
+
+    def clients(self, name: str) -> int:
+        """Number of connections currently attached to export ``name``."""
+        return len(self._by_export.get(name, ()))
+
+    # -- bookkeeping used by _Connection (no yields inside) ----------------------------
+    def _attach(self, conn: "_Connection", name: str) -> None:
+        self._by_export.setdefault(name, set()).add(conn)
+
+    def _detach(self, conn: "_Connection") -> None:
+        self._connections.discard(conn)
+        name = conn.export_name
+        if name is not None:
+            conns = self._by_export.get(name)
+            if conns is not None:
+                conns.discard(conn)
+                if not conns:
+                    del self._by_export[name]
+
+    def _handle(self, sock: socket.socket, addr) -> None:
+        conn = _Connection(self, sock, f"{addr[0]}:{addr[1]}")
+        self._connections.add(conn)
+        try:
+            conn.run()
+        finally:
+            self._detach(conn)
+
+
+class _Connection:
+    """One client: handshake, then the request loop (see module docstring)."""
+
+    def __init__(self, server: NbdServer, sock: socket.socket, peer: str):
+        self.server = server
+        self.sock = sock
+        self.peer = peer
+        self.export: Export | None = None
+        self.export_name: str | None = None
+        self.revoked = False
+        self.closing = False
+        self._wlock = Semaphore()
+        self._tx: p.Transmission | None = None
+        self._fua_by_export = True
+
+    # -- lifecycle ------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ready, leftover = self._handshake()
+            if ready is not None and not self.revoked and not self.closing:
+                self._transmission(ready, leftover)
+        except NbdProtocolError as exc:
+            log.warning("nbd client %s export=%s: protocol error: %s; closing",
+                        self.peer, self.export_name, exc)
+        except (OSError, gevent.Timeout) as exc:
+            log.debug("nbd client %s export=%s: connection ended: %s",
+                      self.peer, self.export_name, exc)
+        except Exception:
+            log.exception("nbd client %s export=%s: unexpected error", self.peer, self.export_name)
+        finally:
+            self._close_socket()
+            if self.export is not None:
+                try:
+                    self.export.close()
+                except Exception:
+                    log.exception("nbd client %s: closing export %s failed",
+                                  self.peer, self.export_name)
+            log.info("nbd client %s export=%s disconnected", self.peer, self.export_name)
+
+    def shutdown(self, why: str) -> None:
+        """Stop the reader now; running requests finish, then the export closes."""
+        if self.closing:
+            return
+        self.closing = True
+        log.info("nbd client %s export=%s: %s", self.peer, self.export_name, why)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def revoke(self) -> None:
+        self.revoked = True
+        self.shutdown("revoked")
+
+    def _close_socket(self) -> None:
+        self.closing = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _send(self, *bufs) -> None:
+        with self._wlock:
+            if self.closing:
+                return
+            try:
+                for buf in bufs:
+                    self.sock.sendall(buf)
+            except OSError as exc:
+                log.debug("nbd client %s: send failed: %s", self.peer, exc)
+                self.shutdown("send failed")
+
+    # -- handshake --------------------------------------------------------------------
+    def _handshake(self) -> tuple[Ready | None, bytes]:
+        hs = ServerHandshake()
+        self.sock.settimeout(self.server.handshake_timeout_s)
+        while True:
+            event = hs.next_event()
+            if event is NEED_DATA:
+                out = hs.data_to_send()
+                if out:
+                    self.sock.sendall(out)
+                if hs.state == CLOSED:
+                    return None, b""
+                data = self.sock.recv(65536)
+                if not data:
+                    return None, b""
+                hs.receive_data(data)
+            elif isinstance(event, ListRequest):
+                hs.reply_list(self._list_exports())
+            elif isinstance(event, ExportRequest):
+                self._answer_export(hs, event)
+            elif isinstance(event, Aborted):
+                log.debug("nbd client %s aborted the handshake", self.peer)
+            elif isinstance(event, Ready):
+                self.sock.sendall(hs.data_to_send())
+                self.sock.settimeout(None)
+                return event, hs.trailing_data()
+
+    def _list_exports(self) -> list[str]:
+        try:
+            return list(self.server.provider.list_exports())
+        except Exception as exc:
+            option_error_for(exc, "list_exports")
+            return []
+
+    def _answer_export(self, hs: ServerHandshake, req: ExportRequest) -> None:
+        provider = self.server.provider
+        try:
+            if req.option == p.OPT_INFO:
+                size, readonly = provider.describe(req.name)
+            else:
+                export = provider.open_export(req.name, self.peer)
+                # Register before any yield so a drop can never miss this connection.
+                self.export, self.export_name = export, req.name
+                self.server._attach(self, req.name)
+                self._fua_by_export = bool(getattr(export, "handles_fua", False))
+                size, readonly = export.size, export.readonly
+        except Exception as exc:
+            code = option_error_for(exc, f"opening export {req.name!r}")
+            detail = exc.message if isinstance(exc, SheepError) else "internal error"
+            log.info("nbd client %s refused export %r: %s", self.peer, req.name, detail)
+            hs.refuse_export(code, f"export {req.name!r}: {detail}")
+            return
+        hs.accept_export(size, readonly)
+        if req.option != p.OPT_INFO:
+            log.info("nbd client %s attached export=%s size=%d readonly=%s",
+                     self.peer, req.name, size, readonly)
+
+    # -- transmission -----------------------------------------------------------------
+    def _transmission(self, ready: Ready, leftover: bytes) -> None:
+        tx = self._tx = ready.transmission()
+        parser = RequestParser()
+        if leftover:
+            parser.receive_data(leftover)
+        pool = Pool(self.server.pool_size)
+        buf = bytearray(RECV_BYTES)
+        view = memoryview(buf)
+        try:
+            while not self.closing:
+                if not self._dispatch_ready(parser, tx, pool):
+                    return
+                payload = parser.payload_buffer()
+                if payload is not None:
+                    n = self.sock.recv_into(payload)
+                    if not n:
+                        return
+                    parser.payload_received(n)
+                else:
+                    n = self.sock.recv_into(view)
+                    if not n:
+                        return
+                    parser.receive_data(view[:n])
+        finally:
+            pool.join()
+
+    def _dispatch_ready(self, parser: RequestParser, tx: p.Transmission, pool: Pool) -> bool:
+        """Start every complete request; False once the connection must stop reading."""
+        while True:
+            req = parser.next_event()
+            if req is NEED_DATA:
+                return True
+            if self.revoked or self.closing:
+                return False
+            if req.type == p.CMD_DISC:
+                log.debug("nbd client %s export=%s: disconnect", self.peer, self.export_name)
+                return False
+            err, msg = p.check_request(req, tx)
+            if err:
+                self._send(p.error_reply(req.handle, err, tx.structured, msg))
+                continue
+            pool.spawn(self._execute, req, tx)     # blocks while the pool is full
+
+    def _execute(self, req: Request, tx: p.Transmission) -> None:
+        if self.revoked:
+            return                                  # arrived or queued after the drop
+        export = self.export
+        fua = bool(req.flags & p.CMD_FLAG_FUA)
+        try:
+            if req.type == p.CMD_READ:
+                data = export.read(req.offset, req.length)
+                if len(data) != req.length:
+                    raise SheepError(f"export returned {len(data)} of {req.length} bytes")
+                self._send(p.read_reply_header(req.handle, req.offset, req.length, tx.structured),
+                           data)
+                return
+            if req.type == p.CMD_BLOCK_STATUS:
+                extents = p.normalize_extents(export.block_status(req.offset, req.length),
+                                              req.length, bool(req.flags & p.CMD_FLAG_REQ_ONE))
+                self._send(p.block_status_reply(req.handle, p.BASE_ALLOCATION_ID, extents))
+                return
+            if req.type == p.CMD_WRITE:
+                export.write(req.offset, req.payload, fua=fua)
+            elif req.type == p.CMD_FLUSH:
+                export.flush()
+            elif req.type == p.CMD_TRIM:
+                export.trim(req.offset, req.length, fua=fua)
+            elif req.type == p.CMD_WRITE_ZEROES:
+                may_trim = not req.flags & p.CMD_FLAG_NO_HOLE
+                export.write_zeroes(req.offset, req.length, may_trim, fua=fua)
+            if fua and not self._fua_by_export:
+                export.flush()
+            self._send(p.simple_reply(req.handle))
+        except Exception as exc:
+            err = errno_for(exc, f"export {self.export_name} command {req.type}")
+            msg = exc.message if isinstance(exc, SheepError) else "internal error"
+            log.debug("nbd client %s export=%s cmd=%d offset=%d length=%d: %s (errno %d)",
+                      self.peer, self.export_name, req.type, req.offset, req.length, msg, err)
+            self._send(p.error_reply(req.handle, err, tx.structured, msg))
