@@ -35,6 +35,7 @@ only place this module calls fsync.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import logging
@@ -234,15 +235,21 @@ class ObjectStore:
         view = memoryview(data).cast("B")
         self._check_range(oid, offset, view.nbytes)
         self._check_space(view.nbytes)
-        while True:
-            if self._write_existing(oid, offset, view, epoch):
-                return
-            if not create:
-                raise NoObject(f"no object {oid_name(oid)}", oid=oid)
-            if self._create(oid, offset, view, epoch):
-                return
-            # Lost the creation race and the winner vanished (removed) before we
-            # could write into it: start over.
+        try:
+            while True:
+                if self._write_existing(oid, offset, view, epoch):
+                    return
+                if not create:
+                    raise NoObject(f"no object {oid_name(oid)}", oid=oid)
+                if self._create(oid, offset, view, epoch):
+                    return
+                # Lost the creation race and the winner vanished (removed)
+                # before we could write into it: start over.
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"store {self.root}: {exc.strerror} writing oid={oid:016x}",
+                              oid=oid) from None
+            raise
 
     def _write_existing(self, oid: int, offset: int, view: memoryview, epoch: int) -> bool:
         try:

@@ -1,6 +1,7 @@
 """sheep.store.ObjectStore on a real filesystem (tmp_path)."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -145,6 +146,21 @@ def test_no_space(tmp_path):
         store.write(DATA_OID, 0, b"x", epoch=1, create=True)
     assert "reserve" in err.value.message
     assert not store.exists(DATA_OID)
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_enospc_from_the_filesystem_is_no_space(store, monkeypatch, create):
+    store.write(1, 0, b"x", epoch=1, create=True)
+    oid = 2 if create else 1
+
+    def full(*a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("sheep.store.os.pwrite", full)
+    with pytest.raises(NoSpace):
+        store.write(oid, 0, b"y", epoch=1, create=create)
+    assert os.listdir(store.root / "tmp") == []
+    assert store.list_objects() == {1: 1}
 
 
 def test_space_is_checked_by_time_and_volume(tmp_path, monkeypatch):
