@@ -133,10 +133,15 @@ def render_node_info(nodes: list[dict]) -> str:
 
 
 def vdi_flag(entry: dict) -> str:
-    """``s`` for a snapshot, ``c`` for a clone (has a parent, not a snapshot), else blank."""
+    """``s`` for a snapshot, ``c`` for a clone, else blank.
+
+    As in Sheepdog, a clone is a non-snapshot with a parent that is still at its
+    first generation (``snap_id`` 1): a VDI's working copy after a snapshot also
+    has a parent, but a later ``snap_id``.
+    """
     if entry.get("snapshot"):
         return "s"
-    if entry.get("parent"):
+    if entry.get("parent") and (entry.get("snap_id") or 1) == 1:
         return "c"
     return " "
 
