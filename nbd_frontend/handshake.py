@@ -177,13 +177,14 @@ class ServerHandshake:
         return out
 
     def trailing_data(self) -> bytes:
-        """Bytes received after the handshake ended (they belong to transmission)."""
+        """Bytes received after the option that ended the handshake (they belong to
+        transmission); data fed in TRANSMISSION is kept here too."""
         data, self._in = bytes(self._in), bytearray()
         return data
 
     def receive_data(self, data) -> None:
-        if self.state in (TRANSMISSION, CLOSED):
-            raise NbdProtocolError(f"data after handshake ended ({self.state})")
+        if self.state == CLOSED:
+            raise NbdProtocolError("data after the handshake was closed")
         if self.state == DISCARD:
             skip = min(len(data), self._discard_left)
             self._discard_left -= skip

@@ -223,7 +223,7 @@ class RequestParser:
 
     def payload_buffer(self) -> memoryview | None:
         """Writable view of the missing part of the pending WRITE payload, else None."""
-        if self._pending is None:
+        if self._pending is None or self._filled == len(self._pending.payload):
             return None
         return memoryview(self._pending.payload)[self._filled:]
 
