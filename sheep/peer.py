@@ -44,9 +44,10 @@ def read_frame(sock: socket.socket) -> wire.Frame:
 
 
 def send_frame(sock: socket.socket, lock: Semaphore, header: dict, payload=b"") -> None:
-    head = wire.encode_prefix_and_header(header, len(payload))
+    nbytes = memoryview(payload).nbytes
+    head = wire.encode_prefix_and_header(header, nbytes)
     with lock:
-        if payload and len(payload) < 65536:
+        if nbytes and nbytes < 65536:
             sock.sendall(head + bytes(payload))
         else:
             sock.sendall(head)

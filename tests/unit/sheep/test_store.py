@@ -400,3 +400,31 @@ def test_move_to_stale_read_and_purge(store):
 def test_read_stale_missing(store):
     with pytest.raises(NoObject):
         store.read_stale(42)
+
+
+# ------------------------------------------------------------ recovery copies
+
+def test_read_whole_and_replace_install_a_sparse_copy_atomically(store, tmp_path):
+    store.write(DATA_OID, 5000, b"old bytes at the end", epoch=1, create=True)
+    source = ObjectStore(tmp_path / "source", OBJ)
+    source.write(DATA_OID, 3, b"newer", epoch=4, create=True)
+    source.write(DATA_OID, 2 * 4096 + 1, b"tail", epoch=4)
+    epoch, data = source.read_whole(DATA_OID)
+    assert epoch == 4 and len(data) == 2 * 4096 + 5
+
+    store.replace(DATA_OID, data, epoch)
+
+    assert store.epoch_of(DATA_OID) == 4
+    assert store.read(DATA_OID, 0, len(data)) == data
+    # the old copy's bytes are gone entirely (not overlaid)
+    assert store.read(DATA_OID, 5000, 20) == bytes(20)
+    assert reopen(store).epoch_of(DATA_OID) == 4
+    assert os.listdir(store.root / "tmp") == []
+    # the all-zero middle block stayed a hole
+    st = os.stat(store.path_of(DATA_OID))
+    assert st.st_blocks * 512 < st.st_size
+
+
+def test_read_whole_of_missing_object(store):
+    with pytest.raises(NoObject):
+        store.read_whole(DATA_OID)
