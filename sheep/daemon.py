@@ -16,14 +16,18 @@ import time  # noqa: E402
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
+from coordinator.catalog import Catalog  # noqa: E402
 from coordinator.cluster import Coordinator  # noqa: E402
+from coordinator.locks import VdiLocks  # noqa: E402
 from coordinator.ring import Member  # noqa: E402
 from sheep.admin import AdminApp, AdminServer  # noqa: E402
 from sheep.admin_routes import build_router  # noqa: E402
 from sheep.config import SheepConfig, parse_args  # noqa: E402
 from sheep.epoch import EpochState, EpochView  # noqa: E402
 from sheep.errors import SheepError, StoreMismatch  # noqa: E402
+from nbd_frontend.server import NbdServer  # noqa: E402
 from sheep.gateway import Gateway  # noqa: E402
+from sheep.nbd_exports import VdiExportProvider  # noqa: E402
 from sheep.peer import PeerPool  # noqa: E402
 from sheep.recovery import Recovery  # noqa: E402
 from sheep.replica import Replica  # noqa: E402
@@ -61,6 +65,8 @@ class Sheep:
                                        session_timeout_s=config.session_timeout_s,
                                        on_epoch=self._on_epoch, on_fence=self._on_fence,
                                        on_unfence=self._on_unfence)
+        self.catalog = Catalog(self.coordinator.client, config.cluster)
+        self.locks = VdiLocks(self.coordinator.client, config.cluster)
         self.replica: Replica | None = None
         self.gateway: Gateway | None = None
         self.recovery: Recovery | None = None
@@ -84,6 +90,7 @@ class Sheep:
         self._open_store()
         self.peer_server.start()
         self.admin_server.start()
+        self.nbd.start()
         if self.epochs.view is not None:
             self.recovery.kick()
         log.info("node=%s cluster=%s peer=%s:%d admin=%d nbd=%d started", self.node_id,
@@ -101,8 +108,11 @@ class Sheep:
                                  self.epochs, self._copies_of)
         self.replica.recovery = self.recovery
         self.recovery.start()
-        self.vdis = VdiService(self.coordinator.catalog, self.gateway, self.cluster_format,
-                               locks=self.coordinator.locks, node_id=self.node_id)
+        self.vdis = VdiService(self.catalog, self.gateway, self.cluster_format,
+                               locks=self.locks, node_id=self.node_id)
+        self.exports = VdiExportProvider(self.vdis, self.locks, self.node_id)
+        self.nbd = NbdServer(self.exports, self.config.bind_addr, self.config.nbd_port)
+        self.exports.server = self.nbd
 
     def _bind(self, fmt: dict) -> None:
         """Tie the store directory to this cluster's format (refuse a foreign one)."""
@@ -156,7 +166,7 @@ class Sheep:
         vid = objects.oid_vid(oid)
         copies = self._copies_by_vid.get(vid)
         if copies is None:
-            for e in self.coordinator.catalog.list():
+            for e in self.catalog.list():
                 self._copies_by_vid[e["vid"]] = int(e["copies"])
             copies = self._copies_by_vid.get(vid, int((self._fmt or {}).get("copies", 1)))
         return copies

@@ -67,6 +67,15 @@ class VdiService:
                 return e
         raise NotFound(f"VDI '{name}' not found")
 
+    def snapshot(self, name: str, tag: str) -> dict:
+        """A snapshot of ``name`` by its tag or its snapshot id."""
+        validate_name(name)
+        for e in self.entries():
+            if e["name"] == name and e.get("snapshot") and (
+                    e.get("tag") == tag or str(e.get("snap_id")) == tag):
+                return e
+        raise NotFound(f"snapshot '{tag}' of VDI '{name}' not found")
+
     def _check_size(self, size: int) -> int:
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise InvalidRequest(f"invalid VDI size {size!r}: must be a positive number of bytes")
