@@ -123,6 +123,7 @@ class ZooKeeperServer:
         """Start the server and wait until it serves; raise RuntimeError with the log tail if not."""
         if self.running():
             return self
+        self._check_port_free()
         self.write_config()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "ab")
@@ -142,6 +143,16 @@ class ZooKeeperServer:
         self.stop()
         reason = f"exited with {rc}" if rc is not None else f"not serving after {timeout_s}s"
         raise RuntimeError(f"ZooKeeper on {self.hosts} {reason}; log tail:\n{self.log_tail()}")
+
+    def _check_port_free(self) -> None:
+        # Readiness is judged by an answer on the port: another server already there would
+        # answer for us, so refuse up front instead of "succeeding" with the wrong server.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # TIME_WAIT is fine
+            try:
+                s.bind((self.host, self.port))
+            except OSError as e:
+                raise RuntimeError(f"ZooKeeper port {self.hosts} is in use: {e}") from None
 
     def stop(self, timeout_s: float = 10) -> None:
         """SIGTERM, wait up to timeout_s, then SIGKILL. Idempotent."""

@@ -1,0 +1,519 @@
+"""The ZooKeeper adapter of one sheep: membership, leader election, epochs, fencing.
+
+Theory of operation
+-------------------
+Membership.  ``start()`` registers the ephemeral ``/members/<node_id>`` whose value is the
+node's ``Member.to_dict()``.  The znode lives exactly as long as the ZooKeeper session, so
+a crashed or partitioned node leaves the member set about one session timeout later.
+Member values never change during a session (a restart makes a new znode).
+
+Election.  Every node contends in a kazoo ``Election`` on ``/leader`` with its node id as
+identifier; the first contender in sequence order leads.  Only the leader writes epochs.
+Losing the session ends the leadership (the contender znode died with it); the node
+re-contends once it is registered again.
+
+Epochs.  An epoch is an immutable, numbered member list (``/epochs/<%010d>``).  Whenever the
+cluster is formatted (and its state is not "shutdown") and the live member set (node ids
+*and* their values) differs from the newest epoch's list, the leader creates epoch n+1.  ``create`` is the compare-and-swap:
+if two leaders ever overlap (an old leader still believing in a dead session) only one
+create of a given number succeeds; the loser re-reads and re-evaluates.  The leader works
+from watches on ``/members`` (children) and ``/cluster`` (data); a watch callback only sets
+an event, and one greenlet does the reading and writing, so bursts of changes coalesce into
+one pass.
+
+Every node (leader or not) follows ``/epochs`` from one greenlet and calls
+``on_epoch(epoch)`` for every epoch it learns of, ascending, exactly once each: at start
+the newest existing epoch, then each later one (history is in ``epochs()``).
+
+Fencing.  A node that may have lost its session must stop serving writes at once: the
+connection listener sets ``fenced`` and spawns ``on_fence()`` on SUSPENDED or LOST.
+CONNECTED after SUSPENDED (same session: the ephemeral znodes are intact) unfences.
+After LOST, kazoo reconnects with a new session; the member znode is re-created (waiting
+for a stale one to expire if needed), the node re-joins the election, and only then is it
+unfenced.  ``on_unfence()`` runs on every unfence.  Callbacks run in new greenlets, never in
+kazoo's connection or watch greenlets.
+
+Concurrency model: kazoo's ``SequentialGeventHandler`` (no monkey patching needed) and a few
+greenlets per Coordinator (epoch follower, election runner, re-joiner).  Not thread safe.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+from gevent.event import Event
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, NoNodeError)
+from kazoo.handlers.gevent import SequentialGeventHandler
+
+from coordinator.catalog import zk_unavailable
+from coordinator.layout import Layout, decode, encode, epoch_numbers
+from coordinator.ring import Member
+from sheep.errors import AlreadyExists, InvalidRequest, NotReady, SheepError, Unavailable
+
+log = logging.getLogger(__name__)
+
+CLUSTER_STATES = ("running", "shutdown", "waiting")
+COPIES_RANGE = (1, 31)
+BLOCK_SIZE_SHIFT_RANGE = (20, 26)
+
+
+class Coordinator:
+    """One node's view of, and duties in, the cluster ``cluster`` on ZooKeeper ``hosts``.
+
+    ``fenced`` is True before ``start()``, while the session is in doubt, and after ``stop()``.
+    """
+
+    RETRY_PAUSE_S = 0.2     # pause after an unexpected error in a background loop
+
+    def __init__(self, hosts: str, cluster: str, member: Member, *, session_timeout_s: float = 10.0,
+                 on_epoch=None, on_fence=None, on_unfence=None, handler=None):
+        self.layout = Layout(cluster)
+        self.cluster = cluster
+        self.member = member
+        self.session_timeout_s = session_timeout_s
+        self._on_epoch = on_epoch
+        self._on_fence = on_fence
+        self._on_unfence = on_unfence
+        self.client = KazooClient(hosts=hosts, handler=handler or SequentialGeventHandler(),
+                                  timeout=session_timeout_s)
+        self._fenced = True
+        self._started = False
+        self._stopping = False
+        self._lost = False              # session lost, not yet re-registered
+        self._generation = 0            # bumped on every LOST: ends a leadership
+        self._registered = Event()      # member znode exists in the current session
+        self._epoch_wake = Event()
+        self._leader_wake = Event()
+        self._state_changed = Event()
+        self._first_pass = Event()
+        self._epoch_seen = Event()      # replaced after each delivery (wait_for_epoch)
+        self._delivered: int | None = None
+        self._latest: dict | None = None
+        self._is_leader = False
+        self._election = None
+        self._greenlets: list[gevent.Greenlet] = []
+        self._rejoiner: gevent.Greenlet | None = None
+
+    # -- properties -----------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self.member.node_id
+
+    @property
+    def fenced(self) -> bool:
+        return self._fenced
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this node's leader loop runs."""
+        return self._is_leader
+
+    @property
+    def current_epoch(self) -> dict | None:
+        """The newest epoch delivered to on_epoch (None before the first)."""
+        return self._latest
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 30) -> None:
+        """Connect, register, contend for leadership and follow epochs; idempotent.
+
+        Returns once the member znode exists and the newest epoch (if any) was delivered.
+        Unavailable when ZooKeeper cannot be reached in time; AlreadyExists when another
+        live session keeps ``/members/<node_id>`` for longer than ``timeout_s``.
+        """
+        if self._started:
+            return
+        self._started = True
+        deadline = time.monotonic() + timeout_s
+        self.client.add_listener(self._on_state)
+        try:
+            self.client.start(timeout=timeout_s)
+        except self.client.handler.timeout_exception as e:
+            self._shutdown_client()
+            raise Unavailable(f"cannot reach ZooKeeper at {self.client.hosts} in {timeout_s}s") from e
+        try:
+            with zk_unavailable("start"):
+                for path in self.layout.base_paths():
+                    self.client.ensure_path(path)
+                self._register(deadline)
+        except BaseException:
+            self._shutdown_client()
+            raise
+        self._registered.set()
+        self._fenced = False
+        log.info("coordinator started node=%s cluster=%s session=%#x", self.node_id, self.cluster,
+                 self._session_id())
+        self._greenlets = [gevent.spawn(self._epoch_loop), gevent.spawn(self._election_loop)]
+        self._first_pass.wait(max(0.0, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        """Leave the election, delete the member znode, close the session; idempotent."""
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        self._fenced = True
+        self._wake_all()
+        if self._election is not None:
+            self._election.cancel()
+        greenlets = [g for g in self._greenlets + [self._rejoiner] if g is not None]
+        gevent.joinall(greenlets, timeout=5)
+        gevent.killall([g for g in greenlets if not g.dead], timeout=2)
+        if self.client.state == KazooState.CONNECTED:
+            try:
+                self.client.delete_async(self.layout.member(self.node_id)).get(timeout=2)
+            except Exception as e:     # gone already, or the connection went: the session close does it
+                log.debug("stop: member delete node=%s: %r", self.node_id, e)
+        self._shutdown_client()
+        log.info("coordinator stopped node=%s cluster=%s", self.node_id, self.cluster)
+
+    def _shutdown_client(self) -> None:
+        self._stopping = True
+        self.client.remove_listener(self._on_state)
+        try:
+            self.client.stop()
+        finally:
+            self.client.close()
+
+    # -- cluster format -------------------------------------------------------------
+
+    def format(self, copies: int, block_size_shift: int = 22, min_copies: int | None = None) -> dict:
+        """Create ``/cluster`` and return its value; the leader then creates epoch 1.
+
+        InvalidRequest unless 1 <= min_copies <= copies <= 31 and 20 <= shift <= 26;
+        ``min_copies`` defaults to 1.  AlreadyExists when the cluster is formatted.
+        """
+        def bad(v, lo, hi):
+            return not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi
+        if bad(copies, *COPIES_RANGE):
+            raise InvalidRequest(f"copies must be {COPIES_RANGE[0]}..{COPIES_RANGE[1]}, got {copies!r}")
+        if bad(block_size_shift, *BLOCK_SIZE_SHIFT_RANGE):
+            raise InvalidRequest(f"block_size_shift must be {BLOCK_SIZE_SHIFT_RANGE[0]}.."
+                                 f"{BLOCK_SIZE_SHIFT_RANGE[1]}, got {block_size_shift!r}")
+        min_copies = 1 if min_copies is None else min_copies
+        if bad(min_copies, 1, copies):
+            raise InvalidRequest(f"min_copies must be 1..{copies}, got {min_copies!r}")
+        value = {"copies": copies, "min_copies": min_copies, "block_size_shift": block_size_shift,
+                 "created": time.time(), "state": "running"}
+        with zk_unavailable("format"):
+            try:
+                self.client.create(self.layout.cluster_path, encode(value), makepath=True)
+            except NodeExistsError:
+                raise AlreadyExists(f"cluster {self.cluster} is already formatted") from None
+        log.info("cluster formatted cluster=%s copies=%d min_copies=%d shift=%d by node=%s",
+                 self.cluster, copies, min_copies, block_size_shift, self.node_id)
+        return value
+
+    def cluster_format(self) -> dict | None:
+        """The ``/cluster`` value, or None when the cluster is not formatted."""
+        with zk_unavailable("cluster read"):
+            try:
+                data, _ = self.client.get(self.layout.cluster_path)
+            except NoNodeError:
+                return None
+        return decode(data)
+
+    def set_cluster_state(self, state: str) -> dict:
+        """Set ``/cluster``'s state (running / shutdown / waiting) and return the new value.
+
+        NotReady when unformatted; InvalidRequest for an unknown state.
+        """
+        if state not in CLUSTER_STATES:
+            raise InvalidRequest(f"cluster state must be one of {', '.join(CLUSTER_STATES)}, got {state!r}")
+        path = self.layout.cluster_path
+        with zk_unavailable("cluster state"):
+            while True:
+                try:
+                    data, stat = self.client.get(path)
+                except NoNodeError:
+                    raise NotReady(f"cluster {self.cluster} is not formatted") from None
+                value = {**(decode(data) or {}), "state": state}
+                try:
+                    self.client.set(path, encode(value), version=stat.version)
+                except BadVersionError:
+                    continue
+                log.info("cluster state cluster=%s state=%s", self.cluster, state)
+                return value
+
+    # -- queries --------------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        """The live members (registered znodes), sorted by node id."""
+        with zk_unavailable("members"):
+            return [Member.from_dict(d) for d in self._member_dicts()]
+
+    def epochs(self) -> list[dict]:
+        """The whole epoch history, ascending."""
+        with zk_unavailable("epochs"):
+            out = []
+            for n in epoch_numbers(self.client.get_children(self.layout.epochs)):
+                epoch = self._read_epoch(n)
+                if epoch is not None:
+                    out.append(epoch)
+            return out
+
+    def latest_epoch(self) -> dict | None:
+        """The newest epoch in ZooKeeper (not necessarily delivered yet), or None."""
+        with zk_unavailable("latest epoch"):
+            for n in reversed(epoch_numbers(self.client.get_children(self.layout.epochs))):
+                epoch = self._read_epoch(n)
+                if epoch is not None:
+                    return epoch
+        return None
+
+    def leader(self) -> str | None:
+        """The node id of the current leader, or None when nobody contends."""
+        with zk_unavailable("leader"):
+            contenders = self.client.Election(self.layout.leader).contenders()
+        return contenders[0] if contenders else None
+
+    def wait_for_epoch(self, n: int, timeout_s: float = 10.0) -> dict:
+        """Block until epoch ``n`` (or a later one) was delivered here and return the newest.
+
+        TimeoutError after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self._latest is None or self._latest["epoch"] < n:
+            seen = self._epoch_seen
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not seen.wait(remaining):
+                have = self._latest["epoch"] if self._latest else None
+                raise TimeoutError(f"node {self.node_id}: epoch {n} not seen in {timeout_s}s "
+                                   f"(have {have})")
+        return self._latest
+
+    # -- membership -----------------------------------------------------------------
+
+    def _register(self, deadline: float) -> None:
+        """Create our ephemeral member znode; wait out a stale one left by an old session."""
+        path = self.layout.member(self.node_id)
+        data = encode(self.member.to_dict())
+        while True:
+            try:
+                self.client.create(path, data, ephemeral=True, makepath=True)
+                log.info("registered member node=%s session=%#x", self.node_id, self._session_id())
+                return
+            except NodeExistsError:
+                pass
+            gone = Event()
+            stat = self.client.exists(path, watch=lambda event: gone.set())
+            if stat is None:
+                continue
+            if stat.ephemeralOwner == self._session_id():
+                return                  # our own create went through before a connection loss
+            remaining = deadline - time.monotonic()
+            log.warning("member znode %s held by session %#x; waiting for it to expire",
+                        path, stat.ephemeralOwner)
+            if remaining <= 0 or not gone.wait(remaining):
+                raise AlreadyExists(f"node id {self.node_id} is registered by another live session "
+                                    f"{stat.ephemeralOwner:#x}", node_id=self.node_id)
+
+    def _session_id(self) -> int:
+        client_id = self.client.client_id
+        return client_id[0] if client_id else 0
+
+    def _member_dicts(self, watch=None) -> list[dict]:
+        out = []
+        for node_id in sorted(self.client.get_children(self.layout.members, watch=watch)):
+            try:
+                data, _ = self.client.get(self.layout.member(node_id))
+            except NoNodeError:
+                continue
+            value = decode(data)
+            if isinstance(value, dict):
+                out.append(value)
+        return sorted(out, key=lambda d: d["node_id"])
+
+    # -- epochs: follower -----------------------------------------------------------
+
+    def _read_epoch(self, n: int) -> dict | None:
+        try:
+            data, _ = self.client.get(self.layout.epoch(n))
+        except NoNodeError:
+            return None
+        return decode(data)
+
+    def _epoch_loop(self) -> None:
+        while not self._stopping:
+            self._epoch_wake.clear()
+            try:
+                self._deliver_epochs()
+                self._first_pass.set()
+            except (KazooException, SheepError) as e:
+                log.info("epoch follower node=%s: %r; waiting for the connection", self.node_id, e)
+                self._state_changed.clear()
+                self._state_changed.wait(self.RETRY_PAUSE_S * 5)
+                continue
+            self._epoch_wake.wait()
+
+    def _deliver_epochs(self) -> None:
+        nums = epoch_numbers(self.client.get_children(self.layout.epochs, watch=self._on_epochs_watch))
+        if self._delivered is None:     # first pass: only the newest is news
+            self._delivered = nums[-1] - 1 if nums else 0
+        for n in nums:
+            if n <= self._delivered or self._stopping:
+                continue
+            epoch = self._read_epoch(n)
+            if epoch is None:
+                continue
+            self._delivered = n
+            self._latest = epoch
+            log.info("epoch node=%s epoch=%d members=%s", self.node_id, n,
+                     ",".join(m["node_id"] for m in epoch["members"]))
+            if self._on_epoch is not None:
+                try:
+                    self._on_epoch(epoch)
+                except Exception:
+                    log.exception("on_epoch failed node=%s epoch=%d", self.node_id, n)
+            seen, self._epoch_seen = self._epoch_seen, Event()
+            seen.set()
+
+    def _on_epochs_watch(self, event) -> None:
+        self._epoch_wake.set()
+
+    # -- epochs: leader -------------------------------------------------------------
+
+    def _election_loop(self) -> None:
+        while not self._stopping:
+            self._registered.wait()
+            if self._stopping:
+                break
+            self._election = self.client.Election(self.layout.leader, self.node_id)
+            try:
+                self._election.run(self._lead, self._generation)
+            except Exception as e:
+                if self._stopping:
+                    break
+                log.warning("election node=%s: %r; contending again", self.node_id, e)
+                self._state_changed.clear()
+                self._state_changed.wait(self.RETRY_PAUSE_S)
+
+    def _lead(self, generation: int) -> None:
+        if generation != self._generation or self._stopping:
+            return                      # won with a session that is gone: step down at once
+        log.info("leader node=%s cluster=%s", self.node_id, self.cluster)
+        self._is_leader = True
+        try:
+            while not self._stopping and generation == self._generation:
+                self._leader_wake.clear()
+                if self._registered.is_set() and not self._fenced:
+                    try:
+                        self._evaluate()
+                    except (KazooException, SheepError) as e:
+                        log.info("leader node=%s: evaluation failed: %r", self.node_id, e)
+                        self._leader_wake.wait(self.RETRY_PAUSE_S)
+                        continue
+                self._leader_wake.wait()
+        finally:
+            self._is_leader = False
+            log.info("leader node=%s steps down", self.node_id)
+
+    def _evaluate(self) -> dict | None:
+        """One leader pass: create the next epoch if the live members differ from the newest."""
+        try:
+            data, _ = self.client.get(self.layout.cluster_path, watch=self._on_leader_watch)
+        except NoNodeError:
+            if self.client.exists(self.layout.cluster_path, watch=self._on_leader_watch) is None:
+                return None             # not formatted: format() wakes us through the watch
+            self._leader_wake.set()     # created in between: look again
+            return None
+        if (decode(data) or {}).get("state") == "shutdown":
+            return None                 # an orderly shutdown is not a cascade of shrinking epochs
+        live = self._member_dicts(watch=self._on_leader_watch)
+        if not live:
+            return None
+        while True:
+            nums = epoch_numbers(self.client.get_children(self.layout.epochs))
+            latest = self._read_epoch(nums[-1]) if nums else None
+            if latest is not None and latest["members"] == live:
+                return None
+            n = (nums[-1] if nums else 0) + 1
+            epoch = {"epoch": n, "members": live, "created": time.time()}
+            try:
+                self.client.create(self.layout.epoch(n), encode(epoch), makepath=True)
+            except NodeExistsError:
+                log.info("leader node=%s: epoch %d was created by someone else; re-reading",
+                         self.node_id, n)
+                continue
+            log.info("leader node=%s created epoch=%d members=%s", self.node_id, n,
+                     ",".join(m["node_id"] for m in live))
+            return epoch
+
+    def _on_leader_watch(self, event) -> None:
+        self._leader_wake.set()
+
+    # -- connection state and fencing -------------------------------------------------
+
+    def _wake_all(self) -> None:
+        """Make every background loop look again (and, when stopping, leave)."""
+        self._epoch_wake.set()
+        self._leader_wake.set()
+        self._state_changed.set()
+        if self._stopping:
+            self._registered.set()      # releases the election loop so it can see _stopping
+
+    def _on_state(self, state) -> None:
+        """kazoo connection listener: must return at once (runs in kazoo's connection greenlet)."""
+        if self._stopping:
+            return
+        log.warning("zookeeper state node=%s state=%s", self.node_id, state)
+        if state in (KazooState.SUSPENDED, KazooState.LOST):
+            if state == KazooState.LOST:
+                self._lost = True
+                self._generation += 1
+                self._registered.clear()
+            self._fence()
+        elif state == KazooState.CONNECTED:
+            if self._lost:
+                if self._rejoiner is None or self._rejoiner.dead:
+                    self._rejoiner = gevent.spawn(self._rejoin)
+            elif self._registered.is_set():
+                self._unfence("session kept")
+        self._wake_all()
+
+    def _fence(self) -> None:
+        if self._fenced:
+            return
+        self._fenced = True
+        log.warning("FENCED node=%s: ZooKeeper session in doubt, no writes", self.node_id)
+        if self._on_fence is not None:
+            gevent.spawn(self._callback, "on_fence", self._on_fence)
+
+    def _unfence(self, why: str) -> None:
+        if not self._fenced or self._stopping or self._lost:
+            return
+        self._fenced = False
+        log.warning("UNFENCED node=%s (%s)", self.node_id, why)
+        if self._on_unfence is not None:
+            gevent.spawn(self._callback, "on_unfence", self._on_unfence)
+
+    def _rejoin(self) -> None:
+        """After a lost session: re-register, then let the election loop contend again."""
+        while not self._stopping:
+            try:
+                self._register(time.monotonic() + 2 * self.session_timeout_s + 5)
+                break
+            except (KazooException, SheepError) as e:
+                log.warning("rejoin node=%s failed: %r; retrying", self.node_id, e)
+                self._state_changed.clear()
+                self._state_changed.wait(self.RETRY_PAUSE_S * 5)
+        if self._stopping:
+            return
+        self._lost = False
+        self._registered.set()
+        if self.client.state == KazooState.CONNECTED:
+            self._unfence("re-registered with a new session")
+        self._wake_all()
+
+    def _callback(self, name: str, fn) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("%s failed node=%s", name, self.node_id)
+
+    def __repr__(self) -> str:
+        return (f"Coordinator(node_id={self.node_id!r}, cluster={self.cluster!r}, "
+                f"fenced={self._fenced}, leader={self._is_leader})")
