@@ -81,7 +81,7 @@ class Router:
                 allowed = True
         if allowed:
             raise _HttpError(405, f"method {method} not allowed on {path}")
-        raise E.NotFound(f"no such API route: {method} {path}")
+        raise _HttpError(404, f"no such API route: {method} {path}")
 
 
 class _HttpError(Exception):
@@ -116,7 +116,8 @@ class AdminApp:
             result = Response({"error": exc.message, "code": type(exc).__name__},
                               status_for(exc))
         except _HttpError as exc:
-            result = Response({"error": str(exc), "code": "HttpError"}, exc.status)
+            code = "NoRoute" if exc.status == 404 else "HttpError"
+            result = Response({"error": str(exc), "code": code}, exc.status)
         except Exception as exc:  # the one catch-all: log, answer 500
             log.exception("admin %s %s failed", method, path)
             result = Response({"error": f"internal error: {exc}", "code": "SheepError"}, 500)
