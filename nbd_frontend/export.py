@@ -29,6 +29,10 @@ class Export(Protocol):
     ``size`` and ``readonly`` are fixed for the life of the attachment.  The
     server checks ranges, read-only and flags before calling; the export may
     still raise (OutOfRange, ReadOnly, NoSpace, Unavailable, Shutdown ...).
+
+    FUA: the server passes ``fua=True`` and then calls ``flush()`` before replying,
+    unless the export has ``handles_fua = True``, which promises that a call
+    with ``fua=True`` is durable when it returns (cheaper than a full flush).
     """
     name: str
     size: int

@@ -44,6 +44,7 @@ from sheep.errors import SheepError
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024
+SMALL_PAYLOAD = 16 * 1024       # read replies up to this size go out in one send
 
 
 class NbdServer:
@@ -190,13 +191,18 @@ class _Connection:
         except OSError:
             pass
 
-    def _send(self, *bufs) -> None:
+    def _send(self, header: bytes, payload=None) -> None:
+        """One whole reply, atomically.  A small payload rides in the header's
+        send; a large one is sent from its own buffer, never copied."""
+        if payload is not None and len(payload) <= SMALL_PAYLOAD:
+            header, payload = header + payload, None
         with self._wlock:
             if self.closing:
                 return
             try:
-                for buf in bufs:
-                    self.sock.sendall(buf)
+                self.sock.sendall(header)
+                if payload is not None:
+                    self.sock.sendall(payload)
             except OSError as exc:
                 log.debug("nbd client %s: send failed: %s", self.peer, exc)
                 self.shutdown("send failed")

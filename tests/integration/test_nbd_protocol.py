@@ -7,7 +7,6 @@ and with it the server).  libnbd is only importable from Debian's
 """
 import json
 import shutil
-import socket
 import struct
 import textwrap
 
