@@ -18,7 +18,7 @@ from coordinator.catalog import Catalog
 from coordinator.cluster import Coordinator
 from coordinator.locks import VdiLocks
 from coordinator.ring import Member
-from sheep.errors import AlreadyExists, InvalidRequest, Locked, NotFound, NotReady
+from sheep.errors import AlreadyExists, InvalidRequest, Locked, NotFound, NotReady, Unavailable
 from tests.integration.fixtures_zk import wait_until, zk_chroot, zk_server  # noqa: F401
 
 SESSION_TIMEOUT_S = 4.0
@@ -350,3 +350,20 @@ def test_zookeeper_server_refuses_a_port_in_use(tmp_path):
             clash.start(timeout_s=10)
         assert time.monotonic() - t0 < 10
         assert clash.pid is None
+
+
+def test_start_refuses_a_duplicate_node_id_and_an_unreachable_zookeeper(cluster, zk_server, zk_chroot):
+    first = cluster(1)
+
+    # the same node id from another live session: waited for, then refused
+    twin = Coordinator(zk_server.hosts, zk_chroot, make_member(1), session_timeout_s=SESSION_TIMEOUT_S)
+    with pytest.raises(AlreadyExists, match="n1"):
+        twin.start(timeout_s=1)
+    twin.stop()     # harmless after a failed start
+    assert [m.node_id for m in first.coord.members()] == ["n1"]
+
+    # no ZooKeeper on the port: Unavailable, not a hang
+    lonely = Coordinator(f"127.0.0.1:{free_port()}", zk_chroot, make_member(9), session_timeout_s=2)
+    with pytest.raises(Unavailable):
+        lonely.start(timeout_s=1)
+    assert lonely.fenced
