@@ -165,7 +165,7 @@ class Coordinator:
         if self.client.state == KazooState.CONNECTED:
             try:
                 self.client.delete_async(self.layout.member(self.node_id)).get(timeout=2)
-            except Exception as e:     # gone already, or the connection went: the session close does it
+            except (Exception, gevent.Timeout) as e:    # gone, or no answer: closing the session does it
                 log.debug("stop: member delete node=%s: %r", self.node_id, e)
         self._shutdown_client()
         log.info("coordinator stopped node=%s cluster=%s", self.node_id, self.cluster)
