@@ -3,10 +3,12 @@ import struct
 
 import pytest
 
+from nbd_frontend import export
 from nbd_frontend import protocol as p
 from nbd_frontend.handshake import (CLOSED, MAX_OPTION_DATA, OPTIONS, TRANSMISSION, Aborted,
                                     ExportRequest, ListRequest, Ready, ServerHandshake)
 from nbd_frontend.protocol import NEED_DATA, NbdProtocolError, Request, RequestParser
+from sheep import errors
 
 REPLY_MAGIC = struct.pack("!Q", p.OPTION_REPLY_MAGIC)
 
@@ -406,3 +408,20 @@ def test_block_status_reply_bytes():
 ])
 def test_normalize_extents(extents, length, req_one, out):
     assert p.normalize_extents(extents, length, req_one) == out
+
+
+# -- edge tables (nbd_frontend.export) -------------------------------------------------------
+@pytest.mark.parametrize("exc,errno", [
+    (errors.OutOfRange(), p.EINVAL), (errors.InvalidRequest(), p.EINVAL), (errors.NoSpace(), p.ENOSPC),
+    (errors.ReadOnly(), p.EPERM), (errors.Unavailable(), p.EIO), (errors.NoObject(), p.EIO),
+    (errors.Shutdown(), p.ESHUTDOWN), (ValueError("bug"), p.EIO)])
+def test_errno_table(exc, errno):
+    assert export.errno_for(exc) == errno
+
+
+@pytest.mark.parametrize("exc,code", [
+    (errors.NotFound(), p.REP_ERR_UNKNOWN), (errors.Locked("locked by h:1"), p.REP_ERR_POLICY),
+    (errors.Shutdown(), p.REP_ERR_SHUTDOWN), (errors.Unavailable(), p.REP_ERR_UNKNOWN),
+    (KeyError("bug"), p.REP_ERR_UNKNOWN)])
+def test_option_error_table(exc, code):
+    assert export.option_error_for(exc) == code
