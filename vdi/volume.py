@@ -217,8 +217,11 @@ class Volume:
                 self._gw.write(oid, obj_off, piece, self.copies, create=True)
             else:
                 log.debug("copy-on-write vid=%06x idx=%d from=%06x", vid, idx, owner)
-                base = bytearray(self._read_obj(data_oid(owner, idx), 0, self.object_size))
-                base[obj_off:obj_off + len(piece)] = piece
+                if len(piece) == self.object_size:  # overwritten whole: nothing to copy
+                    base = piece
+                else:
+                    base = bytearray(self._read_obj(data_oid(owner, idx), 0, self.object_size))
+                    base[obj_off:obj_off + len(piece)] = piece
                 self._gw.write(oid, 0, base, self.copies, create=True)
             self._set_entry(idx, vid)
 

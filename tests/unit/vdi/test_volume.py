@@ -158,6 +158,11 @@ def test_copy_on_write_from_parent():
     # the parent is untouched
     assert {o: bytes(b) for o, b in gw.objects.items() if o >> 32 == PARENT} == parent_objects
     assert parent.read(0, 3 * OS) == b"P" * (3 * OS)
+    # overwriting a whole shared object does not read the parent's copy
+    reads = gw.calls["read"]
+    child.write(0, b"w" * OS)
+    assert gw.calls["read"] == reads and child.objmap.get(0) == VID
+    assert child.read(0, OS) == b"w" * OS and parent.read(0, 1) == b"P"
 
 
 def test_out_of_range_and_read_only():
