@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -187,8 +187,9 @@ class LocalCluster:
 
     def save(self) -> None:
         state = {"cluster": self.cluster, "zk": {"port": self.zk.port, "pid": self.zk.pid},
-                 "sheep": [{k: (str(v) if isinstance(v, Path) else v)
-                            for k, v in asdict(s).items() if not k.startswith("_")}
+                 "sheep": [{"index": s.index, "dir": str(s.dir), "pid": s.pid, "port": s.port,
+                            "admin_port": s.admin_port, "nbd_port": s.nbd_port,
+                            "node_id": s.node_id, "log": str(s.log_path)}
                            for s in self.sheep]}
         (self.base / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 

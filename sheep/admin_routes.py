@@ -41,19 +41,19 @@ def _int_field(body: dict, name: str, required: bool = True) -> int | None:
 
 
 class _Api:
-    def __init__(self, node) -> None:
-        self.node = node
+    def __init__(self, sheep) -> None:
+        self.sheep = sheep
 
     # -- cluster ---------------------------------------------------------------
     def cluster(self, req: Request):
-        coord = self.node.coordinator
+        coord = self.sheep.coordinator
         fmt = coord.cluster_format()
         epochs = coord.epochs()
         return {
-            "name": self.node.config.cluster,
+            "name": self.sheep.config.cluster,
             "state": (fmt or {}).get("state", "unformatted") if fmt else "unformatted",
             "format": fmt,
-            "epoch": self.node.epochs.epoch,
+            "epoch": self.sheep.epochs.epoch,
             "epochs": [{"epoch": e["epoch"], "created": e.get("created"),
                         "members": [m["node_id"] for m in e["members"]]} for e in epochs],
             "leader": coord.leader(),
@@ -64,21 +64,21 @@ class _Api:
         copies = _int_field(body, "copies")
         shift = _int_field(body, "block_size_shift", required=False) or 22
         min_copies = _int_field(body, "min_copies", required=False)
-        fmt = self.node.coordinator.format(copies, block_size_shift=shift, min_copies=min_copies)
-        self.node.cluster_format()
+        fmt = self.sheep.coordinator.format(copies, block_size_shift=shift, min_copies=min_copies)
+        self.sheep.cluster_format()
         return {"format": fmt}
 
     # -- nodes -----------------------------------------------------------------
     def _stat(self, member) -> dict | None:
         try:
-            header, _ = self.node.gateway.call_member(member, {"op": "stat"})
+            header, _ = self.sheep.gateway.call_member(member, {"op": "stat"})
             return header
         except SheepError as exc:
             log.info("stat of %s failed: %s", member.node_id, exc)
             return None
 
     def nodes(self, req: Request):
-        members = sorted(self.node.coordinator.members(), key=lambda m: m.node_id)
+        members = sorted(self.sheep.coordinator.members(), key=lambda m: m.node_id)
         jobs = [gevent.spawn(self._stat, m) for m in members]
         gevent.joinall(jobs, timeout=10)
         out = []
@@ -89,16 +89,16 @@ class _Api:
         return {"nodes": out}
 
     def node(self, req: Request):
-        n = self.node
+        n = self.sheep
         return {**n.member.to_dict(), "store": n.replica.stat(), "epoch": n.epochs.epoch,
                 "fenced": bool(n.coordinator.fenced), "recovery": n.recovery.progress}
 
     # -- vdis --------------------------------------------------------------------
     def _entry(self, e: dict) -> dict:
-        return {**e, "used_bytes": self.node.vdis.used_bytes(e)}
+        return {**e, "used_bytes": self.sheep.vdis.used_bytes(e)}
 
     def vdi_list(self, req: Request):
-        entries = self.node.vdis.entries()
+        entries = self.sheep.vdis.entries()
         jobs = [gevent.spawn(self._entry, e) for e in entries]
         gevent.joinall(jobs)
         return {"vdis": [j.get() for j in jobs]}
@@ -108,20 +108,20 @@ class _Api:
         name = body.get("name")
         size = _int_field(body, "size")
         copies = _int_field(body, "copies", required=False)
-        return Response(self.node.vdis.create(name, size, copies), status=201)
+        return Response(self.sheep.vdis.create(name, size, copies), status=201)
 
     def vdi_get(self, req: Request):
-        return self._entry(self.node.vdis.working(req.params["name"]))
+        return self._entry(self.sheep.vdis.working(req.params["name"]))
 
     def vdi_delete(self, req: Request):
-        self.node.vdis.delete(req.params["name"])
+        self.sheep.vdis.delete(req.params["name"])
         return {}
 
     def vdi_resize(self, req: Request):
-        return self.node.vdis.resize(req.params["name"], _int_field(req.json(), "size"))
+        return self.sheep.vdis.resize(req.params["name"], _int_field(req.json(), "size"))
 
     def vdi_read(self, req: Request):
-        vdis = self.node.vdis
+        vdis = self.sheep.vdis
         entry = vdis.working(req.params["name"])
         offset = req.int_query("offset", 0)
         length = req.int_query("length", None)
@@ -150,11 +150,11 @@ class _Api:
         if length in (None, ""):
             raise InvalidRequest("PUT of VDI data needs a Content-Length")
         data = _read_exact(stream, int(length))
-        self.node.vdis.write(name, offset, data)
+        self.sheep.vdis.write(name, offset, data)
         return {"written": len(data)}
 
     def metrics(self, req: Request):
-        return Response(render_metrics(self.node), content_type="text/plain; version=0.0.4")
+        return Response(render_metrics(self.sheep), content_type="text/plain; version=0.0.4")
 
 
 def _read_exact(stream, n: int) -> bytearray:
