@@ -108,10 +108,11 @@ class AdminClient:
     ``CollieError``.  ``timeout_s`` bounds the connect and each read.
     """
 
-    def __init__(self, addr: str, port: int, timeout_s: float = 30):
+    def __init__(self, addr: str, port: int, timeout_s: float = 180, connect_timeout_s: float = 5):
         self.addr = addr
         self.port = port
         self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
         host = f"[{addr}]" if ":" in addr and not addr.startswith("[") else addr
         self.base_url = f"http://{host}:{port}"
         self.session = requests.Session()
@@ -151,7 +152,8 @@ class AdminClient:
         url = self.base_url + path
         log.debug("%s %s params=%s", method, url, kwargs.get("params"))
         try:
-            resp = self.session.request(method, url, timeout=self.timeout_s, **kwargs)
+            resp = self.session.request(method, url, timeout=(self.connect_timeout_s, self.timeout_s),
+                                        **kwargs)
         except requests.RequestException as exc:
             raise CollieError(f"cannot reach sheep at {self.where}: {describe_connection_error(exc)}",
                               Exit.UNREACHABLE) from exc

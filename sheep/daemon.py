@@ -151,8 +151,16 @@ class Sheep:
         if fmt is None:
             return
         view = EpochView.from_dict(epoch)
+        old = self.epochs.view
         self.storedir.set("epoch", view.epoch)
-        if self.epochs.update(view) and self.recovery is not None:
+        if not self.epochs.update(view):
+            return
+        if old is not None:
+            current = {(m.addr, m.port) for m in view.members}
+            for m in old.members:
+                if (m.addr, m.port) not in current:
+                    self.peers.drop(m.addr, m.port, f"{m.node_id} left at epoch {view.epoch}")
+        if self.recovery is not None:
             self.recovery.kick()
 
     def _on_fence(self) -> None:

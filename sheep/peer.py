@@ -118,16 +118,17 @@ class PeerConnection:
 
     def _broken(self, exc: Exception, sock: socket.socket | None = None) -> None:
         sock = sock or self._sock
-        if sock is not None and sock is self._sock:
-            self._sock = None
-            try:
-                sock.close()
-            except OSError:
-                pass
-            log.debug("peer=%s:%d connection lost: %s", self.addr, self.port, exc)
-            for waiter in list(self._pending.values()):
-                if not waiter.ready():
-                    waiter.set_exception(Unavailable(f"peer {self.addr}:{self.port}: {exc}"))
+        if sock is None or sock is not self._sock:
+            return  # an old socket's reader noticing what we already handled
+        self._sock = None
+        try:
+            sock.close()
+        except OSError:
+            pass
+        log.debug("peer=%s:%d connection lost: %s", self.addr, self.port, exc)
+        for waiter in list(self._pending.values()):
+            if not waiter.ready():
+                waiter.set_exception(Unavailable(f"peer {self.addr}:{self.port}: {exc}"))
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -154,6 +155,12 @@ class PeerPool:
     def call(self, addr: str, port: int, header: dict, payload=b"",
              timeout_s: float = 30.0) -> wire.Frame:
         return self.get(addr, port).call(header, payload, timeout_s)
+
+    def drop(self, addr: str, port: int, why: str) -> None:
+        """Fail every request in flight to that peer now (it left the epoch)."""
+        conn = self._conns.pop((addr, port), None)
+        if conn is not None:
+            conn._broken(ConnectionError(why))
 
     def close(self) -> None:
         for conn in self._conns.values():
