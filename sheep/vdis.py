@@ -12,7 +12,8 @@ import logging
 import time
 from typing import Callable
 
-from sheep.errors import AlreadyExists, InvalidRequest, NoObject, NotFound, NotReady
+from sheep.errors import (AlreadyExists, InvalidRequest, Locked, NoObject, NoSpace, NotFound,
+                          NotReady)
 from vdi import objects
 from vdi.inode import ObjectMap
 from vdi.vid import probe
@@ -146,7 +147,6 @@ class VdiService:
             return
         for lock in self.locks.list():
             if lock.get("vid") == entry["vid"]:
-                from sheep.errors import Locked
                 raise Locked(f"VDI '{entry['name']}' is attached by node {lock.get('node_id')} "
                              f"(client {lock.get('client')})", holder=lock.get("node_id"))
 
@@ -171,6 +171,11 @@ class VdiService:
 
     def write(self, name: str, offset: int, data) -> None:
         entry = self.working(name)
+        if offset < 0:
+            raise InvalidRequest(f"negative offset {offset}")
+        if offset + len(data) > entry["size"]:
+            raise NoSpace(f"write of {len(data)} bytes at {offset} is past the end of VDI "
+                          f"'{name}' ({entry['size']} bytes)")
         if self.locks is None:
             self.open_volume(entry).write(offset, data)
             return
