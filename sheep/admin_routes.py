@@ -7,15 +7,16 @@ import gevent
 
 from sheep.admin import DATA_CHUNK, Request, Response, Router
 from sheep.errors import InvalidRequest, OutOfRange, SheepError
+from sheep import routes_recovery, routes_volumes
 from sheep.metrics import render_metrics
 
 log = logging.getLogger(__name__)
 
 
-def build_router(node) -> Router:
+def build_router(sheep) -> Router:
     """Routes for one `sheep.daemon.Sheep`."""
     r = Router()
-    api = _Api(node)
+    api = _Api(sheep)
     r.add("GET", "/cluster", api.cluster)
     r.add("POST", "/cluster/format", api.format)
     r.add("GET", "/nodes", api.nodes)
@@ -27,7 +28,11 @@ def build_router(node) -> Router:
     r.add("POST", "/vdis/<name>/resize", api.vdi_resize)
     r.add("GET", "/vdis/<name>/data", api.vdi_read)
     r.add("PUT", "/vdis/<name>/data", api.vdi_write)
+    r.add("GET", "/locks", api.lock_list)
+    r.add("DELETE", "/locks/<name>", api.lock_break)
     r.add("GET", "/metrics", api.metrics)
+    routes_volumes.register(r, sheep)
+    routes_recovery.register(r, sheep)
     return r
 
 
@@ -152,6 +157,16 @@ class _Api:
         data = _read_exact(stream, int(length))
         self.sheep.vdis.write(name, offset, data)
         return {"written": len(data)}
+
+    # -- locks -------------------------------------------------------------------
+    def lock_list(self, req: Request):
+        names = {e["vid"]: e["name"] for e in self.sheep.catalog.list()}
+        return {"locks": [{**lock, "name": names.get(lock.get("vid"), "?")}
+                          for lock in self.sheep.locks.list()]}
+
+    def lock_break(self, req: Request):
+        entry = self.sheep.vdis.working(req.params["name"])
+        return {"broken": self.sheep.locks.break_lock(entry["vid"]), "name": entry["name"]}
 
     def metrics(self, req: Request):
         return Response(render_metrics(self.sheep), content_type="text/plain; version=0.0.4")
