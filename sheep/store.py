@@ -403,10 +403,12 @@ class ObjectStore:
         return hashlib.sha1(data.rstrip(b"\0")).hexdigest()
 
     def usage(self) -> dict:
-        """objects, used_bytes (allocated, a running estimate), capacity and free bytes."""
+        """objects, used_bytes (allocated, a running estimate), capacity and free bytes, and
+        dirty_objects (written since the last flush: not yet on stable storage)."""
         st = os.statvfs(self.root)
         return {
             "objects": len(self._epochs),
+            "dirty_objects": len(self._dirty),
             "used_bytes": sum(self._blocks.copy().values()) * 512,
             "capacity_bytes": st.f_blocks * st.f_frsize,
             "free_bytes": st.f_bavail * st.f_frsize,
