@@ -143,6 +143,7 @@ class Sheep:
         self.peers.close()
         if self.store is not None:
             self.store.flush()
+            self.store.close()
         self.stopped.set()
 
     # -- callbacks -------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Callable, Protocol
 
 import gevent
 import msgpack
+from gevent.lock import Semaphore
 
 from sheep.epoch import EpochState
 from sheep.errors import Fenced, InvalidRequest, NewEpoch, NoObject, OldEpoch
@@ -38,6 +39,7 @@ class Replica:
         self.recovery: ObjectRecovery | None = None
         self._is_fenced = is_fenced
         self._epoch_wait_s = epoch_wait_s
+        self._flush_lock = Semaphore()
         self._pool = gevent.get_hub().threadpool
         self._pool.maxsize = max(self._pool.maxsize, io_threads)
 
@@ -82,7 +84,10 @@ class Replica:
             pass
 
     def flush(self) -> int:
-        return self._io(self.store.flush)
+        # One flush at a time: a flush that found nothing dirty must not return
+        # while an earlier one is still fsyncing what this caller wrote.
+        with self._flush_lock:
+            return self._io(self.store.flush)
 
     def list_objects(self) -> dict[int, int]:
         return self._io(self.store.list_objects)

@@ -47,6 +47,7 @@ import time
 from typing import Callable
 
 from sheep.errors import InvalidRequest, NoObject, NoSpace
+from sheep.fdcache import FdCache
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class ObjectStore:
         for d in (self._obj, self._tmp, self._stale):
             d.mkdir(parents=True, exist_ok=True)
         self._obj_dir = str(self._obj)
+        self._fds = FdCache()
         self._tmp_counter = itertools.count()  # next() is atomic under the GIL
         self._epochs: dict[int, int] = {}
         self._blocks: dict[int, int] = {}      # oid -> st_blocks (512-byte units)
@@ -188,10 +190,6 @@ class ObjectStore:
             view = view[n:]
             offset += n
 
-    def _note_write(self, oid: int, fd: int) -> None:
-        self._blocks[oid] = os.fstat(fd).st_blocks
-        self._dirty.add(oid)
-
     # ------------------------------------------------------------ I/O
 
     def read(self, oid: int, offset: int, length: int) -> bytes:
@@ -201,26 +199,27 @@ class ObjectStore:
         is negative or goes past ``max_object_bytes``.
         """
         self._check_range(oid, offset, length)
+        fd = self._fd(oid)
+        data = os.pread(fd, length, offset)
+        if len(data) == length:
+            return data
+        parts = [data]
+        got = len(data)
+        while got < length:
+            chunk = os.pread(fd, length - got, offset + got)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        parts.append(bytes(length - got))
+        return b"".join(parts)
+
+    def _fd(self, oid: int) -> int:
+        """The cached descriptor of an existing object; NoObject when missing."""
         try:
-            fd = os.open(self.path_of(oid), os.O_RDONLY)
+            return self._fds.get(oid, self.path_of(oid))
         except FileNotFoundError:
             raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
-        try:
-            data = os.pread(fd, length, offset)
-            if len(data) == length:
-                return data
-            parts = [data]
-            got = len(data)
-            while got < length:
-                chunk = os.pread(fd, length - got, offset + got)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                got += len(chunk)
-            parts.append(bytes(length - got))
-            return b"".join(parts)
-        finally:
-            os.close(fd)
 
     def write(self, oid: int, offset: int, data, epoch: int, create: bool = False) -> None:
         """Write ``data`` (bytes-like) at ``offset`` and record ``epoch``.
@@ -253,17 +252,14 @@ class ObjectStore:
 
     def _write_existing(self, oid: int, offset: int, view: memoryview, epoch: int) -> bool:
         try:
-            fd = os.open(self.path_of(oid), os.O_WRONLY)
+            fd = self._fds.get(oid, self.path_of(oid))
         except FileNotFoundError:
             return False
-        try:
-            self._pwrite_all(fd, view, offset)
-            if self._epochs.get(oid) != epoch:
-                os.setxattr(fd, EPOCH_XATTR, str(epoch).encode("ascii"))
-                self._epochs[oid] = epoch
-            self._note_write(oid, fd)
-        finally:
-            os.close(fd)
+        self._pwrite_all(fd, view, offset)
+        if self._epochs.get(oid) != epoch:
+            os.setxattr(fd, EPOCH_XATTR, str(epoch).encode("ascii"))
+            self._epochs[oid] = epoch
+        self._dirty.add(oid)
         return True
 
     def _create(self, oid: int, offset: int, view: memoryview, epoch: int) -> bool:
@@ -293,22 +289,16 @@ class ObjectStore:
 
     def read_whole(self, oid: int) -> tuple[int, bytes]:
         """(last-write epoch, the object's bytes up to its file size): what recovery copies."""
-        try:
-            fd = os.open(self.path_of(oid), os.O_RDONLY)
-        except FileNotFoundError:
-            raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
-        try:
-            epoch = _read_epoch(fd)
-            size = os.fstat(fd).st_size
-            parts, got = [], 0
-            while got < size:
-                chunk = os.pread(fd, size - got, got)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                got += len(chunk)
-        finally:
-            os.close(fd)
+        fd = self._fd(oid)
+        epoch = _read_epoch(fd)
+        size = os.fstat(fd).st_size
+        parts, got = [], 0
+        while got < size:
+            chunk = os.pread(fd, size - got, got)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
         return (epoch if epoch is not None else 0), b"".join(parts)
 
     def replace(self, oid: int, data, epoch: int) -> None:
@@ -336,6 +326,7 @@ class ObjectStore:
             os.close(fd)
             fd = -1
             os.rename(tmp, self.path_of(oid))
+            self._fds.discard(oid)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
@@ -347,6 +338,10 @@ class ObjectStore:
         self._dirty.add(oid)
         self._dir_dirty = True
 
+    def close(self) -> None:
+        """Close every cached descriptor (at shutdown, with no I/O in flight)."""
+        self._fds.close_all()
+
     def remove(self, oid: int) -> None:
         """Delete an object; NoObject when missing."""
         try:
@@ -357,6 +352,7 @@ class ObjectStore:
         self._dir_dirty = True
 
     def _forget(self, oid: int) -> None:
+        self._fds.discard(oid)
         self._epochs.pop(oid, None)
         self._blocks.pop(oid, None)
         self._dirty.discard(oid)
@@ -429,13 +425,11 @@ class ObjectStore:
             except KeyError:
                 break
             try:
-                fd = os.open(self.path_of(oid), os.O_RDONLY)
+                fd = self._fds.get(oid, self.path_of(oid))
             except FileNotFoundError:
                 continue  # removed or moved to stale since its write
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            os.fsync(fd)
+            self._blocks[oid] = os.fstat(fd).st_blocks
             synced += 1
         if self._dir_dirty:
             # Cleared before the fsync: an entry changed after this line is
