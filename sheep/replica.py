@@ -37,6 +37,10 @@ class Replica:
         self.store = store
         self.epochs = epochs
         self.recovery: ObjectRecovery | None = None
+        # Ops other modules add (recovery, check): name -> fn(replica, header, payload).
+        self.extra_ops: dict[str, Callable] = {}
+        # Why writes are refused besides fencing (cluster waiting/shutdown), or None.
+        self.write_block: Callable[[], Exception | None] | None = None
         self._is_fenced = is_fenced
         self._epoch_wait_s = epoch_wait_s
         self._flush_lock = Semaphore()
@@ -55,6 +59,10 @@ class Replica:
     def check_writable(self) -> None:
         if self._is_fenced():
             raise Fenced("node is fenced: ZooKeeper session lost")
+        if self.write_block is not None:
+            refusal = self.write_block()
+            if refusal is not None:
+                raise refusal
 
     def _io(self, fn, *args):
         return self._pool.apply(fn, args)
@@ -101,7 +109,7 @@ class Replica:
     # -- peer op table -----------------------------------------------------
     def handle(self, header: dict, payload) -> tuple[dict, bytes]:
         op = header.get("op")
-        fn = _OPS.get(op)
+        fn = _OPS.get(op) or self.extra_ops.get(op)
         if fn is None:
             raise InvalidRequest(f"unknown op {op!r}")
         try:
