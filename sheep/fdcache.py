@@ -47,6 +47,10 @@ class FdCache:
             self._evict()
         return winner
 
+    def peek(self, oid: int) -> int | None:
+        """The cached descriptor, or None (never opens: safe on the event loop)."""
+        return self._fds.get(oid)
+
     def discard(self, oid: int) -> None:
         """Forget ``oid``'s descriptor (its file was removed or replaced)."""
         fd = self._fds.pop(oid, None)

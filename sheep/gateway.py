@@ -85,15 +85,33 @@ class Gateway:
             self.local.check_writable()
             view = self._view(deadline)
             targets = view.ring.replicas(oid, copies)
-            jobs = [gevent.spawn(self._write_one, m, view.epoch, oid, offset, data, create)
-                    for m in targets]
-            gevent.joinall(jobs)
-            errors = [j.exception for j in jobs if j.exception is not None]
+            errors = self._fan_out(targets, self._write_one, view.epoch, oid, offset, data,
+                                   create)
             if not errors:
                 return
             _reraise_unexpected(errors)
             log.info("oid=%016x epoch=%d write retry: %s", oid, view.epoch, errors[0])
             self._after_errors(view, errors, deadline)
+
+    def _fan_out(self, targets: list[Member], fn, *args) -> list[BaseException]:
+        """Run ``fn(member, *args)`` for every target at once; the local one inline."""
+        local = None
+        jobs = []
+        for m in targets:
+            if m.node_id == self.node_id:
+                local = m
+            else:
+                jobs.append(gevent.spawn(fn, m, *args))
+        errors = []
+        if local is not None:
+            try:
+                fn(local, *args)
+            except Exception as exc:  # collected like the remote ones
+                errors.append(exc)
+        if jobs:
+            gevent.joinall(jobs)
+            errors.extend(j.exception for j in jobs if j.exception is not None)
+        return errors
 
     def _write_one(self, m: Member, epoch: int, oid: int, offset: int, data, create: bool):
         if m.node_id == self.node_id:

@@ -75,7 +75,10 @@ class Replica:
     def read(self, epoch: int, oid: int, offset: int, length: int) -> bytes:
         self.check_epoch(epoch)
         self._ensure_current(oid)
-        return self._io(self.store.read, oid, offset, length)
+        data = self.store.read_cached(oid, offset, length)
+        if data is None:
+            data = self._io(self.store.read, oid, offset, length)
+        return data
 
     def write(self, epoch: int, oid: int, offset: int, data, create: bool = False) -> None:
         self.check_writable()

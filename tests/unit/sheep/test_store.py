@@ -428,3 +428,15 @@ def test_read_whole_and_replace_install_a_sparse_copy_atomically(store, tmp_path
 def test_read_whole_of_missing_object(store):
     with pytest.raises(NoObject):
         store.read_whole(DATA_OID)
+
+
+def test_read_cached_serves_hot_data_and_declines_otherwise(store):
+    # nothing cached yet: the caller must use the blocking path
+    assert store.read_cached(DATA_OID, 0, 4096) is None
+    store.write(DATA_OID, 0, b"h" * 8192, epoch=1, create=True)
+    assert store.read(DATA_OID, 0, 4096) == b"h" * 4096     # caches the descriptor
+    assert bytes(store.read_cached(DATA_OID, 4096, 4096)) == b"h" * 4096
+    # past the file's end (a sparse tail) is left to the blocking path, which pads zeros
+    assert store.read_cached(DATA_OID, 8192, 4096) is None
+    with pytest.raises(InvalidRequest):
+        store.read_cached(DATA_OID, OBJ, 1)
