@@ -209,14 +209,18 @@ def render_vdi_tree(vdis: list[dict], tz: tzinfo | None = None) -> str:
 
 
 def render_locks(answer: dict) -> str:
-    """``GET /locks`` (``{"locks": [{name, owner, since}]}``) -> ``VDI  Owner  Since`` table."""
+    """``GET /locks`` (``{"locks": [{name, node_id, client, since}]}``) -> ``VDI  Owner  [Client]  Since``
+    table; the Client column (the NBD client's address) appears when any lock records one."""
+    locks = answer.get("locks") or []
+    with_client = any(lock.get("client") for lock in locks)   # the NBD client's address
     rows = []
-    for lock in answer.get("locks") or []:
+    for lock in locks:
         name = lock.get("name") or lock.get("vdi") or "-"
         owner = lock.get("owner") or lock.get("node_id") or lock.get("holder") or "-"
         since = lock.get("since") or lock.get("created") or lock.get("acquired")
-        rows.append((name, owner, format_time(since, "%Y-%m-%d %H:%M:%S")))
-    return table(("VDI", "Owner", "Since"), rows)
+        client = (lock.get("client") or "-",) if with_client else ()
+        rows.append((name, owner, *client, format_time(since, "%Y-%m-%d %H:%M:%S")))
+    return table(("VDI", "Owner", *(("Client",) if with_client else ()), "Since"), rows)
 
 
 def _progress(node: dict) -> str:
