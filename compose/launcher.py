@@ -5,7 +5,7 @@
     sheepdog-local status [--dir DIR]
 
 `up` starts a private ZooKeeper (the system's install) and N sheep on loopback
-(node i: admin port 7000+i, peer port 7100+i, NBD port 10809+i), formats the
+(node i: admin port 7000+i, peer port 7100+i, NBD port 10809+i by default), formats the
 cluster, creates a demo VDI and prints how to reach it.  `down` stops exactly
 the processes `up` recorded in DIR/cluster.json.
 """
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--vdi", default="demo", help="demo VDI name ('' for none)")
     up.add_argument("--vdi-size", type=parse_size, default=parse_size("1G"))
     up.add_argument("--zk-port", type=int, default=2181)
+    up.add_argument("--admin-base", type=int, default=7000, help="admin port of node 0")
+    up.add_argument("--peer-base", type=int, default=7100, help="peer port of node 0")
+    up.add_argument("--nbd-base", type=int, default=10809, help="NBD port of node 0")
     for name in ("down", "status"):
         sp = sub.add_parser(name, help=f"{name} the cluster started from --dir")
         sp.add_argument("--dir", type=Path, default=DEFAULT_DIR)
@@ -59,7 +62,11 @@ def cmd_up(args) -> int:
         print(f"sheepdog-local: a cluster is already recorded in {args.dir}; "
               f"run 'sheepdog-local down --dir {args.dir}' first", file=sys.stderr)
         return 1
-    ports = [(7100 + i, 7000 + i, 10809 + i) for i in range(args.nodes)]
+    if args.nodes < 1:
+        print("sheepdog-local: --nodes must be at least 1", file=sys.stderr)
+        return 64
+    ports = [(args.peer_base + i, args.admin_base + i, args.nbd_base + i)
+             for i in range(args.nodes)]
     cluster = LocalCluster(args.dir, args.nodes, cluster=args.cluster, zk_port=args.zk_port,
                            ports=ports)
     try:
@@ -80,6 +87,8 @@ def cmd_up(args) -> int:
         print(f"  sheep{s.index}: node {s.node_id}  admin {s.admin_port}  nbd {s.nbd_port}  "
               f"log {s.log_path}")
     print(f"collie:  collie -p {cluster.sheep[0].admin_port} vdi list")
+    print(f"zkCli:   /usr/share/zookeeper/bin/zkCli.sh -server {cluster.zk.hosts} "
+          f"ls /sheepdog/{args.cluster}")
     if args.vdi:
         nbd = cluster.sheep[0].nbd_port
         print(f"qemu:    qemu-system-x86_64 -m 1G -drive file=nbd://127.0.0.1:{nbd}/{args.vdi},"

@@ -1,0 +1,68 @@
+"""The local launcher: one command brings a cluster up, another stops all of it."""
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+import sys
+
+import requests
+
+from compose.zookeeper import pid_alive
+from tests.integration.fixtures_cluster import poll
+
+
+def free_block(count: int) -> int:
+    """A base port such that base..base+count-1 are all free right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - count)
+        socks = []
+        try:
+            for p in range(base, base + count):
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+def launcher(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "compose.launcher", *args],
+                          capture_output=True, text=True, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_up_serves_a_demo_vdi_and_down_leaves_no_process(tmp_path):
+    base = free_block(10)
+    d = tmp_path / "local"
+    args = ["--dir", str(d), "--nodes", "2", "--zk-port", str(base), "--admin-base",
+            str(base + 1), "--peer-base", str(base + 4), "--nbd-base", str(base + 7),
+            "--vdi", "demo", "--vdi-size", "64M"]
+    try:
+        # one command: ZooKeeper, two sheep, format, a demo VDI, and how to reach it
+        out = launcher("up", *args).stdout
+        assert f"nbd://127.0.0.1:{base + 7}/demo" in out
+        vdis = requests.get(f"http://127.0.0.1:{base + 1}/vdis", timeout=10).json()["vdis"]
+        assert [(v["name"], v["size"]) for v in vdis] == [("demo", 64 << 20)]
+        state = json.loads((d / "cluster.json").read_text())
+        pids = [s["pid"] for s in state["sheep"]] + [state["zk"]["pid"]]
+        assert all(pid_alive(p) for p in pids)
+
+        # a second `up` on the same dir refuses instead of starting another cluster
+        again = launcher("up", *args, check=False)
+        assert again.returncode == 1 and "already" in again.stderr
+        assert "running" in launcher("status", "--dir", str(d)).stdout
+    finally:
+        # the other command stops everything the first one started
+        launcher("down", "--dir", str(d), check=False)
+    poll(lambda: not any(pid_alive(p) for p in pids), 20, "every launched process gone")
+    assert not (d / "cluster.json").exists()
+    assert launcher("down", "--dir", str(d), check=False).returncode == 1
