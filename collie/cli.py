@@ -131,6 +131,27 @@ def cmd_cluster_shutdown(client, args) -> int:
     return _emit(args, answer, "cluster shutdown requested")
 
 
+def cmd_cluster_recover(client, args) -> int:
+    with _route("cluster recover", route_only=True):
+        answer = client.post("/cluster/recover", {"action": args.action})
+    text = {"enable": "recovery enabled", "disable": "recovery disabled (clients are still served)",
+            "force": "cluster recovering with the nodes present"}[args.action]
+    return _emit(args, answer, text)
+
+
+def cmd_cluster_check(client, args) -> int:
+    with _route("cluster check", route_only=True):
+        answer = client.post("/cluster/check", {"repair": not args.report_only})
+    _emit(args, answer, render.render_check_report("cluster", answer))
+    return _check_exit(answer)
+
+
+def _check_exit(answer: dict) -> int:
+    """1 when problems remain (reported only, failed repairs, or lost objects)."""
+    remaining = int(answer.get("problems") or 0) - int(answer.get("repaired") or 0)
+    return Exit.FAILURE if remaining > 0 or answer.get("lost") else Exit.OK
+
+
 # ---- node -----------------------------------------------------------------------------------------
 
 def cmd_node_list(client, args) -> int:
@@ -144,9 +165,24 @@ def cmd_node_info(client, args) -> int:
 
 
 def cmd_node_recovery(client, args) -> int:
+    if getattr(args, "action", None) == "set-throttle":
+        return _set_throttle(client, args)
     with _route("node recovery", route_only=True):
         answer = client.get("/recovery")
     return _emit(args, answer, render.render_recovery(answer))
+
+
+def _set_throttle(client, args) -> int:
+    body = {}
+    if args.objects is not None:
+        body["objects_per_s"] = args.objects
+    if args.bytes is not None:
+        body["bytes_per_s"] = args.bytes
+    if not body:
+        raise UsageError("set-throttle needs --objects N and/or --bytes SIZE (0: unlimited)")
+    with _route("node recovery set-throttle", route_only=True):
+        answer = client.post("/recovery/throttle", body)
+    return _emit(args, answer, render.render_throttle(answer.get("throttle") or {}))
 
 
 # ---- vdi ------------------------------------------------------------------------------------------
@@ -288,9 +324,11 @@ def cmd_vdi_tree(client, args) -> int:
 
 
 def cmd_vdi_check(client, args) -> int:
+    report_only = getattr(args, "report_only", False)
     with _route("vdi check"):
-        answer = client.post(vdi_path(args.name, "check"), {})
-    return _emit(args, answer, render.render_check(args.name, answer))
+        answer = client.post(vdi_path(args.name, "check"), {"repair": not report_only})
+    _emit(args, answer, render.render_check(args.name, answer))
+    return _check_exit(answer)
 
 
 def cmd_vdi_lock_list(client, args) -> int:
@@ -343,11 +381,21 @@ def build_parser() -> Parser:
                    help="object size as a power of two (default 22: 4 MiB)")
     add(cluster, "info", cmd_cluster_info, "show cluster status and epoch history")
     add(cluster, "shutdown", cmd_cluster_shutdown, "stop every sheep cleanly")
+    p = add(cluster, "recover", cmd_cluster_recover,
+            "enable/disable automatic recovery, or force a waiting cluster to go on without missing nodes")
+    p.add_argument("action", choices=("enable", "disable", "force"))
+    p = add(cluster, "check", cmd_cluster_check, "check and repair the replicas of every VDI")
+    p.add_argument("-e", "--report-only", action="store_true", help="only report, repair nothing")
 
     node = commands(groups.add_parser("node", help="node operations"))
     add(node, "list", cmd_node_list, "list the nodes of the current epoch")
     add(node, "info", cmd_node_info, "show per-node space usage")
-    add(node, "recovery", cmd_node_recovery, "show recovery progress")
+    p = add(node, "recovery", cmd_node_recovery,
+            "show recovery progress, or 'set-throttle' to limit recovery (objects and/or bytes per second)")
+    p.add_argument("action", nargs="?", choices=("set-throttle",), help="set the cluster-wide throttle")
+    p.add_argument("--objects", type=_typed(lambda t: _bounded_int(t, 0, 1 << 40, "objects per second")),
+                   default=None, help="objects per second (0: unlimited)")
+    p.add_argument("--bytes", type=offset_arg, default=None, help="bytes per second, e.g. 50M (0: unlimited)")
 
     vdi = commands(groups.add_parser("vdi", help="virtual disk image operations"))
     p = add(vdi, "create", cmd_vdi_create, "create a VDI")
@@ -377,7 +425,9 @@ def build_parser() -> Parser:
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     p.add_argument("name")
     add(vdi, "tree", cmd_vdi_tree, "show VDIs, snapshots and clones as trees")
-    add(vdi, "check", cmd_vdi_check, "check and repair a VDI's replicas").add_argument("name")
+    p = add(vdi, "check", cmd_vdi_check, "check and repair a VDI's replicas")
+    p.add_argument("name")
+    p.add_argument("-e", "--report-only", action="store_true", help="only report, repair nothing")
     lock = commands(vdi.add_parser("lock", help="VDI locks"), dest="lock_command")
     add(lock, "list", cmd_vdi_lock_list, "list locked VDIs")
     add(lock, "unlock", cmd_vdi_lock_unlock, "force-release a VDI's lock").add_argument("name")

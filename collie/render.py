@@ -243,11 +243,44 @@ def render_recovery(answer: dict) -> str:
         return head
     rows = [(i, n.get("node_id", "-"), f"{n.get('addr', '-')}:{n.get('port', '-')}",
              n.get("state", "-"), _progress(n)) for i, n in enumerate(nodes)]
-    return head + "\n\n" + table(("Id", "Node", "Host:Port", "State", "Progress"), rows, right={0, 4})
+    if not any("bytes_per_s" in n for n in nodes):
+        return head + "\n\n" + table(("Id", "Node", "Host:Port", "State", "Progress"), rows, right={0, 4})
+    rows = [row + (f"{int(n.get('done') or 0)}/{int(n.get('total') or 0)}",
+                   f"{format_size(int(n.get('bytes_per_s') or 0))}/s {n.get('objects_per_s', 0):g} obj/s")
+            for row, n in zip(rows, nodes)]
+    out = head + "\n\n" + table(("Id", "Node", "Host:Port", "State", "Progress", "Done/Total", "Rate"),
+                                 rows, right={0, 4, 5})
+    errors = [f"{n.get('node_id')}: {n['error']}" for n in nodes if n.get("error")]
+    throttle = answer.get("throttle") or {}
+    if any(throttle.values()):
+        out += "\n" + render_throttle(throttle)
+    if answer.get("enabled") is False:
+        out += "\nrecovery is disabled ('collie cluster recover enable')"
+    return out + "".join("\n" + e for e in errors)
+
+
+def render_throttle(throttle: dict) -> str:
+    """``{"objects_per_s", "bytes_per_s"}`` -> ``Recovery throttle: ...`` (0 = unlimited)."""
+    objs, nbytes = float(throttle.get("objects_per_s") or 0), float(throttle.get("bytes_per_s") or 0)
+    if not objs and not nbytes:
+        return "Recovery throttle: unlimited"
+    parts = ([f"{objs:g} objects/s"] if objs else []) + ([f"{format_size(int(nbytes))}/s"] if nbytes else [])
+    return "Recovery throttle: " + ", ".join(parts)
 
 
 def render_check(name: str, answer: dict) -> str:
     """``POST /vdis/NAME/check`` -> ``vdi 'NAME' checked`` plus the answer's counters, if any."""
     details = ", ".join(f"{k} {v}" for k, v in sorted(answer.items())
                         if isinstance(v, (int, float, str)) and not isinstance(v, bool))
-    return f"vdi '{name}' checked" + (f": {details}" if details else "")
+    return f"vdi '{name}' checked" + (f": {details}" if details else "") + _check_details(answer)
+
+
+def _check_details(answer: dict) -> str:
+    return "".join(f"\n  {d.get('oid', '-')} on {d.get('node', '-')}: {d.get('problem', '-')}"
+                   for d in answer.get("details") or [])
+
+
+def render_check_report(what: str, answer: dict) -> str:
+    """``POST /cluster/check`` -> one summary line plus one line per problem copy."""
+    return (f"{what} checked: {answer.get('objects', 0)} objects, {answer.get('problems', 0)} problems, "
+            f"{answer.get('repaired', 0)} repaired, {answer.get('lost', 0)} lost" + _check_details(answer))

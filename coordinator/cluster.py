@@ -33,6 +33,20 @@ for a stale one to expire if needed), the node re-joins the election, and only t
 unfenced.  ``on_unfence()`` runs on every unfence.  Callbacks run in new greenlets, never in
 kazoo's connection or watch greenlets.
 
+Cluster state and restarts.  ``/cluster``'s ``state`` is ``running``, ``shutdown`` or
+``waiting``.  ``shutdown()`` sets ``shutdown`` with ``shutdown_at``: every node that started
+before that time stops itself (``on_cluster`` tells the daemon), and the leader records no
+epochs, so the last epoch survives the shutdown.  When nodes start again (``started`` later
+than ``shutdown_at``) the leader waits until every member of the last epoch is back, then sets
+``running`` again *without* a new epoch (``resumed`` remembers the new ``started`` values, so
+the restarted members compare equal to that epoch); while some are missing the state is
+``waiting`` with ``waiting_for``, and ``force_recover()`` takes the present nodes as the next
+epoch.  Every node follows ``/cluster`` with a data watch (``cluster_value``) so that it can
+refuse writes unless the state is ``running``.
+
+Recovery markers.  ``mark_recovered(epoch)`` creates ``/recovery/<epoch>/<node_id>`` when this
+node finished recovering that epoch; ``recovered(epoch)`` lists who did.
+
 Concurrency model: kazoo's ``SequentialGeventHandler`` (no monkey patching needed) and a few
 greenlets per Coordinator (epoch follower, election runner, re-joiner).  Not thread safe.
 """
@@ -59,6 +73,24 @@ COPIES_RANGE = (1, 31)
 BLOCK_SIZE_SHIFT_RANGE = (20, 26)
 
 
+def same_members(epoch: dict, live: list[dict], resumed: dict | None = None) -> bool:
+    """True when the live member values are the epoch's member list.
+
+    ``started`` changes on every start: it may differ only for the restart recorded in
+    ``resumed`` (``{"epoch": n, "started": {node_id: started}}``) of this very epoch.
+    """
+    members = epoch["members"]
+    if members == live:
+        return True
+    def strip(ms):
+        return [{k: v for k, v in m.items() if k != "started"} for m in ms]
+    if not resumed or resumed.get("epoch") != epoch.get("epoch") or strip(members) != strip(live):
+        return False
+    restarted = resumed.get("started") or {}
+    return all(m.get("started") in (old.get("started"), restarted.get(m["node_id"]))
+               for m, old in zip(live, members))
+
+
 class Coordinator:
     """One node's view of, and duties in, the cluster ``cluster`` on ZooKeeper ``hosts``.
 
@@ -68,7 +100,7 @@ class Coordinator:
     RETRY_PAUSE_S = 0.2     # pause after an unexpected error in a background loop
 
     def __init__(self, hosts: str, cluster: str, member: Member, *, session_timeout_s: float = 10.0,
-                 on_epoch=None, on_fence=None, on_unfence=None, handler=None):
+                 on_epoch=None, on_fence=None, on_unfence=None, on_cluster=None, handler=None):
         self.layout = Layout(cluster)
         self.cluster = cluster
         self.member = member
@@ -76,6 +108,8 @@ class Coordinator:
         self._on_epoch = on_epoch
         self._on_fence = on_fence
         self._on_unfence = on_unfence
+        self._on_cluster = on_cluster
+        self.cluster_value: dict | None = None   # /cluster as last seen by the data watch
         self.client = KazooClient(hosts=hosts, handler=handler or SequentialGeventHandler(),
                                   timeout=session_timeout_s)
         self._fenced = True
@@ -147,6 +181,10 @@ class Coordinator:
         self._fenced = False
         log.info("coordinator started node=%s cluster=%s session=%#x", self.node_id, self.cluster,
                  self._session_id())
+        try:
+            self.client.DataWatch(self.layout.cluster_path, self._on_cluster_data)
+        except KazooException as e:     # the leader and readers still work without it
+            log.warning("cluster data watch node=%s: %r", self.node_id, e)
         self._greenlets = [gevent.spawn(self._epoch_loop), gevent.spawn(self._election_loop)]
         self._first_pass.wait(max(0.0, deadline - time.monotonic()))
 
@@ -223,20 +261,83 @@ class Coordinator:
         """
         if state not in CLUSTER_STATES:
             raise InvalidRequest(f"cluster state must be one of {', '.join(CLUSTER_STATES)}, got {state!r}")
+        value = self.update_cluster(lambda v: {**v, "state": state})
+        log.info("cluster state cluster=%s state=%s", self.cluster, state)
+        return value
+
+    def update_cluster(self, change) -> dict:
+        """Compare-and-set ``/cluster`` to ``change(current value)``; returns the new value.
+
+        ``change`` may raise to refuse.  NotReady when the cluster is not formatted.
+        """
         path = self.layout.cluster_path
-        with zk_unavailable("cluster state"):
+        with zk_unavailable("cluster update"):
             while True:
                 try:
                     data, stat = self.client.get(path)
                 except NoNodeError:
                     raise NotReady(f"cluster {self.cluster} is not formatted") from None
-                value = {**(decode(data) or {}), "state": state}
+                value = change(dict(decode(data) or {}))
                 try:
                     self.client.set(path, encode(value), version=stat.version)
                 except BadVersionError:
                     continue
-                log.info("cluster state cluster=%s state=%s", self.cluster, state)
                 return value
+
+    def shutdown(self) -> dict:
+        """Orderly shutdown: every node started before now stops; no epochs are recorded."""
+        def change(v):
+            if v.get("state") != "running":
+                raise InvalidRequest(f"cluster {self.cluster} is {v.get('state')}, not running")
+            out = {k: x for k, x in v.items() if k not in ("waiting_for", "resumed")}
+            return {**out, "state": "shutdown", "shutdown_at": time.time()}
+        value = self.update_cluster(change)
+        log.warning("cluster shutdown cluster=%s requested by node=%s", self.cluster, self.node_id)
+        return value
+
+    def force_recover(self) -> dict:
+        """Give up waiting for missing members: the present nodes become the next epoch."""
+        def change(v):
+            if v.get("state") != "waiting":
+                raise InvalidRequest(f"cluster {self.cluster} is {v.get('state')}, "
+                                     "not waiting for nodes: nothing to force")
+            out = {k: x for k, x in v.items() if k not in ("waiting_for", "resumed")}
+            return {**out, "state": "running"}
+        value = self.update_cluster(change)
+        log.warning("cluster recover force cluster=%s by node=%s", self.cluster, self.node_id)
+        return value
+
+    def _on_cluster_data(self, data, stat, event=None) -> None:
+        """kazoo data watch on /cluster: remember the value, tell the daemon (new greenlet)."""
+        try:
+            value = decode(data) if data else None
+        except InvalidRequest:
+            return
+        self.cluster_value = value
+        if self._on_cluster is not None and not self._stopping:
+            gevent.spawn(self._callback, "on_cluster", lambda: self._on_cluster(value))
+
+    # -- recovery markers -----------------------------------------------------------
+
+    def mark_recovered(self, epoch: int) -> None:
+        """Record that this node finished recovering ``epoch`` (idempotent)."""
+        with zk_unavailable("recovery marker"):
+            try:
+                self.client.create(self.layout.recovery_marker(epoch, self.node_id),
+                                   encode({"finished": time.time()}), makepath=True)
+            except NodeExistsError:
+                pass
+
+    def recovered(self, epoch: int, watch=None) -> set[str]:
+        """The node ids that finished recovering ``epoch``."""
+        with zk_unavailable("recovery markers"):
+            path = self.layout.recovery_epoch(epoch)
+            try:
+                return set(self.client.get_children(path, watch=watch))
+            except NoNodeError:
+                if watch is not None:   # arm a watch on its creation instead
+                    self.client.exists(path, watch=watch)
+                return set()
 
     # -- queries --------------------------------------------------------------------
 
@@ -414,21 +515,25 @@ class Coordinator:
     def _evaluate(self) -> dict | None:
         """One leader pass: create the next epoch if the live members differ from the newest."""
         try:
-            data, _ = self.client.get(self.layout.cluster_path, watch=self._on_leader_watch)
+            data, stat = self.client.get(self.layout.cluster_path, watch=self._on_leader_watch)
         except NoNodeError:
             if self.client.exists(self.layout.cluster_path, watch=self._on_leader_watch) is None:
                 return None             # not formatted: format() wakes us through the watch
             self._leader_wake.set()     # created in between: look again
             return None
-        if (decode(data) or {}).get("state") == "shutdown":
-            return None                 # an orderly shutdown is not a cascade of shrinking epochs
+        value = decode(data) or {}
         live = self._member_dicts(watch=self._on_leader_watch)
+        if value.get("state") in ("shutdown", "waiting"):
+            # an orderly shutdown is not a cascade of shrinking epochs; a restart waits
+            # for every member of the last epoch
+            self._restart_check(value, stat.version, live)
+            return None
         if not live:
             return None
         while True:
             nums = epoch_numbers(self.client.get_children(self.layout.epochs))
             latest = self._read_epoch(nums[-1]) if nums else None
-            if latest is not None and latest["members"] == live:
+            if latest is not None and same_members(latest, live, value.get("resumed")):
                 return None
             n = (nums[-1] if nums else 0) + 1
             epoch = {"epoch": n, "members": live, "created": time.time()}
@@ -441,6 +546,34 @@ class Coordinator:
             log.info("leader node=%s created epoch=%d members=%s", self.node_id, n,
                      ",".join(m["node_id"] for m in live))
             return epoch
+
+    def _restart_check(self, value: dict, version: int, live: list[dict]) -> None:
+        """Leader, state shutdown/waiting: resume when every last-epoch member is back."""
+        since = float(value.get("shutdown_at") or 0)
+        back = {m["node_id"]: m for m in live if float(m.get("started") or 0) > since}
+        if not back:
+            return                      # still shutting down: nobody has restarted yet
+        nums = epoch_numbers(self.client.get_children(self.layout.epochs))
+        latest = self._read_epoch(nums[-1]) if nums else None
+        need = {m["node_id"] for m in (latest or {}).get("members", [])}
+        missing = sorted(need - set(back))
+        if not missing:
+            resumed = {"epoch": latest["epoch"] if latest else 0,
+                       "started": {n: back[n].get("started") for n in sorted(need)}}
+            new = {**{k: x for k, x in value.items() if k != "waiting_for"},
+                   "state": "running", "resumed": resumed}
+            log.warning("leader node=%s: every member of epoch %s is back; cluster running",
+                        self.node_id, resumed["epoch"])
+        elif value.get("state") != "waiting" or value.get("waiting_for") != missing:
+            new = {**value, "state": "waiting", "waiting_for": missing}
+            log.warning("leader node=%s: cluster waiting for %s (or 'collie cluster recover "
+                        "force')", self.node_id, ",".join(missing))
+        else:
+            return
+        try:
+            self.client.set(self.layout.cluster_path, encode(new), version=version)
+        except (NoNodeError, BadVersionError):
+            self._leader_wake.set()     # changed meanwhile: look again
 
     def _on_leader_watch(self, event) -> None:
         self._leader_wake.set()

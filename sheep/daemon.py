@@ -22,16 +22,19 @@ from coordinator.locks import VdiLocks  # noqa: E402
 from coordinator.ring import Member  # noqa: E402
 from sheep.admin import AdminApp, AdminServer  # noqa: E402
 from sheep.admin_routes import build_router  # noqa: E402
+from sheep.check import Checker  # noqa: E402
 from sheep.config import SheepConfig, parse_args  # noqa: E402
 from sheep.epoch import EpochState, EpochView  # noqa: E402
 from sheep.errors import SheepError, StoreMismatch  # noqa: E402
 from nbd_frontend.server import NbdServer  # noqa: E402
 from sheep.gateway import Gateway  # noqa: E402
+from sheep.lifecycle import Lifecycle  # noqa: E402
 from sheep.nbd_exports import VdiExportProvider  # noqa: E402
 from sheep.peer import PeerPool  # noqa: E402
 from sheep.recovery import Recovery  # noqa: E402
 from sheep.replica import Replica  # noqa: E402
 from sheep.server import PeerServer  # noqa: E402
+from sheep.stale import StaleJanitor  # noqa: E402
 from sheep.store import ObjectStore  # noqa: E402
 from sheep.storedir import StoreDir  # noqa: E402
 from sheep.vdis import VdiService  # noqa: E402
@@ -61,15 +64,19 @@ class Sheep:
         self.member = Member(node_id=self.node_id, addr=config.addr, port=config.port,
                              admin_port=config.admin_port, nbd_port=config.nbd_port,
                              zone=config.zone, weight=config.weight, started=time.time())
+        self.lifecycle = Lifecycle(self.node_id, self.member.started,
+                                   stop=lambda: gevent.spawn(self.stop))
         self.coordinator = Coordinator(config.zk_hosts, config.cluster, self.member,
                                        session_timeout_s=config.session_timeout_s,
                                        on_epoch=self._on_epoch, on_fence=self._on_fence,
-                                       on_unfence=self._on_unfence)
+                                       on_unfence=self._on_unfence,
+                                       on_cluster=self.lifecycle.on_cluster)
         self.catalog = Catalog(self.coordinator.client, config.cluster)
         self.locks = VdiLocks(self.coordinator.client, config.cluster)
         self.replica: Replica | None = None
         self.gateway: Gateway | None = None
         self.recovery: Recovery | None = None
+        self.checker: Checker | None = None
         self.vdis: VdiService | None = None
         self.nbd = None
 
@@ -104,9 +111,15 @@ class Sheep:
         self.gateway = Gateway(self.node_id, self.replica, self.peers, self.epochs,
                                io_timeout_s=self.config.io_timeout_s,
                                peer_timeout_s=self.config.peer_timeout_s)
+        self.replica.write_block = self.lifecycle.write_refusal
+        janitor = StaleJanitor(self.store, self.coordinator, self.replica._io)
         self.recovery = Recovery(self.node_id, self.replica, self.gateway.call_member,
-                                 self.epochs, self._copies_of)
+                                 self.epochs, self._copies_of, janitor=janitor,
+                                 state_store=self.storedir)
         self.replica.recovery = self.recovery
+        self.lifecycle.recovery = self.recovery
+        self.lifecycle.apply_recovery()
+        self.checker = Checker(self.node_id, self.gateway, self.replica, self._copies_of)
         self.recovery.start()
         self.vdis = VdiService(self.catalog, self.gateway, self.cluster_format,
                                locks=self.locks, node_id=self.node_id)

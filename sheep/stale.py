@@ -1,0 +1,149 @@
+"""The stale area: copies a node no longer holds by placement, kept until it is safe to drop.
+
+Theory of operation
+-------------------
+When a node finishes recovering epoch N, every local object the epoch-N ring no
+longer places on it moves to ``stale/N/`` (`ObjectStore.move_to_stale`).  It is
+not deleted yet: a node that must now hold the object may not have pulled it,
+and this stale copy may be the newest one left (a join and a failure in the
+same epoch).  So stale copies stay visible to peers: ``list_all`` reports them
+next to the live objects and ``fetch_any`` serves them.
+
+The node then records ``/recovery/<N>/<node_id>`` in ZooKeeper.  Once every
+member of epoch N has its marker, every placed replica holds the newest copy of
+everything, and each node deletes ``stale/<=N``.  A newer epoch arriving first
+simply hands the job on: its completion purges everything up to it.
+
+A stale copy is never served as current to a client: client I/O reads and
+writes only ``obj/``; stale copies are only a source for recovery.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable
+
+import gevent
+from gevent.event import Event
+
+from sheep.errors import NoObject, SheepError
+from sheep.store import ObjectStore, _parse_oid, _read_epoch
+
+log = logging.getLogger(__name__)
+
+
+def stale_objects(store: ObjectStore) -> dict[int, int]:
+    """oid -> the newest last-write epoch among the stale copies of that oid (blocking)."""
+    out: dict[int, int] = {}
+    base = os.path.join(store.root, "stale")
+    for d in os.scandir(base):
+        if not (d.is_dir(follow_symlinks=False) and d.name.isdigit()):
+            continue
+        for entry in os.scandir(d.path):
+            oid = _parse_oid(entry.name)
+            if oid is None:
+                continue
+            epoch = _read_epoch(entry.path)
+            epoch = int(d.name) if epoch is None else epoch
+            if epoch > out.get(oid, -1):
+                out[oid] = epoch
+    return out
+
+
+def list_all(store: ObjectStore) -> dict[int, int]:
+    """Live objects plus stale copies (a live copy wins unless a stale one is newer)."""
+    out = stale_objects(store)
+    for oid, epoch in store.list_objects().items():
+        if epoch >= out.get(oid, -1):
+            out[oid] = epoch
+    return out
+
+
+def epoch_any(store: ObjectStore, oid: int) -> int:
+    """The newest last-write epoch of ``oid`` here, live or stale; NoObject when neither."""
+    best = -1
+    try:
+        best = store.epoch_of(oid)
+    except NoObject:
+        pass
+    base = os.path.join(store.root, "stale")
+    for d in os.scandir(base):
+        if d.is_dir(follow_symlinks=False) and d.name.isdigit():
+            path = os.path.join(d.path, f"{oid:016x}")
+            if os.path.exists(path):
+                epoch = _read_epoch(path)
+                best = max(best, int(d.name) if epoch is None else epoch)
+    if best < 0:
+        raise NoObject(f"no copy of object {oid:016x}", oid=oid)
+    return best
+
+
+def fetch_any(store: ObjectStore, oid: int) -> tuple[int, bytes]:
+    """(epoch, bytes) of the newest copy here, live or stale; NoObject when neither exists."""
+    try:
+        live = store.read_whole(oid)
+    except NoObject:
+        live = None
+    try:
+        stale = store.read_stale(oid)
+    except NoObject:
+        stale = None
+    if live is None and stale is None:
+        raise NoObject(f"no copy of object {oid:016x}", oid=oid)
+    if live is None or (stale is not None and stale[0] > live[0]):
+        return stale
+    return live
+
+
+class StaleJanitor:
+    """Moves unplaced copies aside after a pass and purges them once the epoch is done
+    everywhere.  ``markers`` is the coordinator (``mark_recovered``, ``recovered``)."""
+
+    def __init__(self, store: ObjectStore, markers, io: Callable) -> None:
+        self.store = store
+        self.markers = markers
+        self._io = io                   # run a blocking store call in the thread pool
+        self._waiter: gevent.Greenlet | None = None
+
+    def retire(self, epoch: int, placed_here: Callable[[int], bool],
+               current: Callable[[], int]) -> int:
+        """Move every live object not placed here at ``epoch`` to ``stale/<epoch>``
+        (stops early when ``current()`` moves past ``epoch``)."""
+        moved = 0
+        for oid in list(self.store.list_objects()):
+            if current() != epoch:
+                break
+            if placed_here(oid):
+                continue
+            try:
+                self._io(self.store.move_to_stale, oid, epoch)
+                moved += 1
+            except NoObject:
+                pass
+        if moved:
+            log.info("epoch=%d %d copies no longer placed here moved to the stale area",
+                     epoch, moved)
+        return moved
+
+    def finished(self, epoch: int, members: list[str], current: Callable[[], int]) -> None:
+        """This node finished ``epoch``: record it, and purge once all ``members`` have."""
+        self.markers.mark_recovered(epoch)
+        if self._waiter is not None:
+            self._waiter.kill(block=False)
+        self._waiter = gevent.spawn(self._purge_when_done, epoch, set(members), current)
+
+    def _purge_when_done(self, epoch: int, members: set[str], current: Callable[[], int]) -> None:
+        while current() == epoch:
+            changed = Event()
+            try:
+                done = self.markers.recovered(epoch, watch=lambda _e: changed.set())
+            except SheepError as exc:
+                log.info("epoch=%d recovery markers unreadable: %s", epoch, exc)
+                done = set()
+                changed.wait(1.0)
+                continue
+            if members <= done:
+                n = self._io(self.store.purge_stale, epoch)
+                log.info("epoch=%d recovered on every member; %d stale dirs purged", epoch, n)
+                return
+            changed.wait(5.0)
