@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import signal
 
-from tests.integration.fixtures_cluster import api_json, collie, wait_epoch
+from tests.integration.fixtures_cluster import api, api_json, collie, wait_epoch
 
 
 def test_sigterm_stops_cleanly_and_the_node_keeps_its_identity(cluster_factory):
@@ -12,6 +12,10 @@ def test_sigterm_stops_cleanly_and_the_node_keeps_its_identity(cluster_factory):
     collie(n0, "vdi", "create", "v", "8M")
     collie(n0, "vdi", "write", "v", "0", "5", input=b"hello")
     node_id = api_json(n1, "/node")["node_id"]
+    # Prometheus metrics name the node and its epoch
+    metrics = api(n1, "/metrics").text
+    assert f'sheep_epoch{{node="{node_id}"}} 1' in metrics
+    assert "# TYPE sheep_objects gauge" in metrics
 
     # SIGTERM: exit code 0, the member leaves at once, the log says so
     rc = n1.stop()
