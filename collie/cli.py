@@ -202,8 +202,13 @@ def cmd_vdi_list(client, args) -> int:
 
 
 def cmd_vdi_delete(client, args) -> int:
-    answer = client.delete(vdi_path(args.name))
-    return _emit(args, answer, f"vdi '{args.name}' deleted")
+    tag = getattr(args, "tag", None)
+    if tag is None:
+        answer = client.delete(vdi_path(args.name))
+        return _emit(args, answer, f"vdi '{args.name}' deleted")
+    with _route("vdi delete -s"):
+        answer = client.delete(vdi_path(args.name, "snapshots", quoted(tag)))
+    return _emit(args, answer, f"vdi '{args.name}' snapshot '{tag}' deleted")
 
 
 def cmd_vdi_resize(client, args) -> int:
@@ -297,6 +302,7 @@ def cmd_vdi_snapshot(client, args) -> int:
 
 
 def cmd_vdi_clone(client, args) -> int:
+    # without -s the sheep refuses ("only snapshots can be cloned"), with its own message
     with _route("vdi clone"):
         answer = client.post(vdi_path(args.src, "clone"), {"tag": args.tag, "name": args.dst})
     return _emit(args, answer, f"vdi '{args.dst}' cloned from '{args.src}' snapshot '{args.tag}'")
@@ -403,7 +409,9 @@ def build_parser() -> Parser:
     p.add_argument("size", type=size_arg, help="size, e.g. 10G")
     p.add_argument("-c", "--copies", type=count_arg, default=None, help="replicas (default: the cluster's)")
     add(vdi, "list", cmd_vdi_list, "list VDIs and snapshots")
-    add(vdi, "delete", cmd_vdi_delete, "delete a VDI").add_argument("name")
+    p = add(vdi, "delete", cmd_vdi_delete, "delete a VDI, or one of its snapshots with -s")
+    p.add_argument("-s", "--snapshot", dest="tag", default=None, help="snapshot tag or id")
+    p.add_argument("name")
     p = add(vdi, "resize", cmd_vdi_resize, "grow a VDI")
     p.add_argument("name")
     p.add_argument("size", type=size_arg, help="new size, e.g. 20G")
@@ -417,7 +425,8 @@ def build_parser() -> Parser:
     p.add_argument("-s", "--snapshot", dest="tag", required=True, help="snapshot tag")
     p.add_argument("name")
     p = add(vdi, "clone", cmd_vdi_clone, "clone a snapshot into a new VDI")
-    p.add_argument("-s", "--snapshot", dest="tag", required=True, help="source snapshot tag")
+    p.add_argument("-s", "--snapshot", dest="tag", default=None,
+                   help="source snapshot tag or id (only snapshots can be cloned)")
     p.add_argument("src")
     p.add_argument("dst")
     p = add(vdi, "rollback", cmd_vdi_rollback, "roll a VDI back to a snapshot")

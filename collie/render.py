@@ -154,14 +154,20 @@ def _vdi_order(entry: dict):
 def render_vdi_list(vdis: list[dict], tz: tzinfo | None = None) -> str:
     """``GET /vdis`` -> Sheepdog's ``vdi list`` table, by name, snapshots before the working VDI.
 
-    Shared is "-": the API reports only each VDI's own ``used_bytes``.
+    Used: the objects the VDI owns; Shared: the objects it shares with its parents
+    (``shared_bytes``; "-" when the sheep does not report it).
     """
     rows = [(vdi_flag(v), v.get("name", ""), v.get("snap_id") or 0, format_size(int(v.get("size") or 0)),
-             format_size(int(v.get("used_bytes") or 0)), "-", format_time(v.get("created"), tz=tz),
+             format_size(int(v.get("used_bytes") or 0)), _shared(v), format_time(v.get("created"), tz=tz),
              f"{int(v.get('vid') or 0):x}", v.get("copies", "-"), v.get("tag") or "")
             for v in sorted(vdis, key=_vdi_order)]
     headers = (" ", "Name", "Id", "Size", "Used", "Shared", "Creation time", "VDI id", "Copies", "Tag")
     return table(headers, rows, right={2, 3, 4, 5, 7, 8})
+
+
+def _shared(entry: dict) -> str:
+    shared = entry.get("shared_bytes")
+    return "-" if shared is None else format_size(int(shared))
 
 
 def _tree_label(entry: dict, parent: dict | None, tz: tzinfo | None) -> str:

@@ -100,7 +100,7 @@ class _Api:
 
     # -- vdis --------------------------------------------------------------------
     def _entry(self, e: dict) -> dict:
-        return {**e, "used_bytes": self.sheep.vdis.used_bytes(e)}
+        return {**e, **self.sheep.vdis.usage(e)}  # used_bytes, shared_bytes
 
     def vdi_list(self, req: Request):
         entries = self.sheep.vdis.entries()

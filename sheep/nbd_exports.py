@@ -5,13 +5,28 @@ ephemeral znode of this node's session) from attach to detach.  ``NAME@TAG`` or
 ``NAME@ID`` is a snapshot, read-only, lock-free.  When the lock disappears
 while attached (``collie vdi lock unlock`` or a lost session) the export is
 revoked at once: every later request fails and the NBD server drops the client.
+
+Live snapshot: a working export has a write barrier.  Writes, trims and zeroes
+pass it and count themselves in flight; `VdiExport.quiesced` closes it, waits
+until nothing is in flight, and reopens it afterwards.  While it is closed the
+provider freezes the VDI (`sheep.snapshots.SnapshotService.freeze`) with the
+export's own map, takes the new vid's lock, swaps the export's Volume to the
+new working vid and releases the old lock.  Reads are not held: both volumes
+read the same bytes while no write runs.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
+from gevent.event import Event
+from gevent.lock import Semaphore
+
 from nbd_frontend.export import HOLE, ZERO
-from sheep.errors import Fenced
+from sheep.errors import Fenced, Unavailable
+from vdi.volume import Volume
+
+QUIESCE_TIMEOUT_S = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -24,45 +39,84 @@ def split_export_name(name: str) -> tuple[str, str | None]:
 
 class VdiExport:
     def __init__(self, name: str, entry: dict, volume, provider: "VdiExportProvider",
-                 locked: bool) -> None:
+                 locked: bool, client: str = "") -> None:
         self.name = name
         self.entry = entry
         self.volume = volume
         self.size = volume.size
         self.readonly = volume.readonly
+        self.client = client
         self._provider = provider
         self._locked = locked
         self.revoked = False
+        self.closed = False
+        self._open = Event()        # the write barrier: set = writes may start
+        self._open.set()
+        self._idle = Event()        # set = no write in flight
+        self._idle.set()
+        self._in_flight = 0
+        self._snapshotting = Semaphore()
 
     def _check(self) -> None:
         if self.revoked:
             raise Fenced(f"lock of VDI '{self.entry['name']}' was broken; export revoked")
+
+    @contextlib.contextmanager
+    def _mutating(self, offset: int, length: int):
+        """One write/trim/zeroes: waits at the barrier, counts in flight, yields the Volume."""
+        self._check()
+        while not self._open.is_set():
+            self._open.wait()
+        self._check()
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            volume = self.volume
+            with self._provider.reclaimer.watching(volume, offset, length):
+                yield volume
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    @contextlib.contextmanager
+    def quiesced(self, timeout_s: float = QUIESCE_TIMEOUT_S):
+        """Hold new writes at the barrier and wait for those in flight; one at a time."""
+        with self._snapshotting:
+            self._open.clear()
+            try:
+                if not self._idle.wait(timeout_s):
+                    raise Unavailable(f"VDI '{self.entry['name']}': writes in flight did not "
+                                      f"finish within {timeout_s:.0f}s; snapshot not taken")
+                yield
+            finally:
+                self._open.set()
 
     def read(self, offset: int, length: int) -> bytes:
         self._check()
         return self.volume.read(offset, length)
 
     def write(self, offset: int, data, fua: bool = False) -> None:
-        self._check()
-        self.volume.write(offset, data)
-        if fua:
-            self.volume.flush()
+        with self._mutating(offset, len(data)) as volume:
+            volume.write(offset, data)
+            if fua:
+                volume.flush()
 
     def flush(self) -> None:
         self._check()
         self.volume.flush()
 
     def trim(self, offset: int, length: int, fua: bool = False) -> None:
-        self._check()
-        self.volume.trim(offset, length)
-        if fua:
-            self.volume.flush()
+        with self._mutating(offset, length) as volume:
+            volume.trim(offset, length)
+            if fua:
+                volume.flush()
 
     def write_zeroes(self, offset: int, length: int, may_trim: bool, fua: bool = False) -> None:
-        self._check()
-        self.volume.write_zeroes(offset, length, may_trim=may_trim)
-        if fua:
-            self.volume.flush()
+        with self._mutating(offset, length) as volume:
+            volume.write_zeroes(offset, length, may_trim=may_trim)
+            if fua:
+                volume.flush()
 
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         self._check()
@@ -82,6 +136,10 @@ class VdiExportProvider:
         self.node_id = node_id
         self.server = None                  # the NbdServer, set by the daemon
         self._attached: dict[int, VdiExport] = {}
+
+    @property
+    def reclaimer(self):
+        return self.vdis.reclaimer
 
     def list_exports(self) -> list[str]:
         out = []
@@ -114,13 +172,56 @@ class VdiExportProvider:
         except BaseException:
             self.locks.release(vid, self.node_id)
             raise
-        export = VdiExport(name, entry, volume, self, locked=True)
+        export = VdiExport(name, entry, volume, self, locked=True, client=client_addr)
         self._attached[vid] = export
-        self.locks.watch(vid, lambda _vid, e=export: self._revoke(e))
+        self.locks.watch(vid, lambda gone, e=export: self._revoke(e, gone))
         log.info("vdi=%s vid=%06x attached by %s", entry["name"], vid, client_addr)
         return export
 
-    def _revoke(self, export: VdiExport) -> None:
+    def live_snapshot(self, vid: int, tag: str, freeze):
+        """Snapshot the VDI ``vid`` attached here, if it is; None when it is not.
+
+        ``freeze(entry, tag, objmap, before_flip)`` is the catalog change
+        (`SnapshotService.freeze`); it runs with the export quiesced.
+        """
+        export = self._attached.get(vid)
+        if export is None:
+            return None
+        with export.quiesced():
+            if export.closed or export.revoked or export.entry["vid"] != vid:
+                return None         # detached or already moved on: the caller looks again
+            volume = export.volume
+            objmap = volume.objmap.copy()
+            taken: list[int] = []
+
+            def lock_new(new: dict) -> None:
+                self.locks.acquire(new["vid"], self.node_id, export.client)
+                taken.append(new["vid"])
+            try:
+                result = freeze(export.entry, tag, objmap, before_flip=lock_new)
+            except BaseException:
+                for new_vid in taken:
+                    self.locks.release(new_vid, self.node_id)
+                raise
+            new = result["working"]
+            export.volume = Volume(new["vid"], volume.size, volume.object_size, volume.copies,
+                                   self.vdis.gateway, objmap, readonly=False)
+            export.entry = new
+            self._attached.pop(vid, None)
+            self._attached[new["vid"]] = export
+        # the old lock's watch fires on release; _revoke ignores it (the export moved on)
+        self.locks.watch(new["vid"], lambda gone, e=export: self._revoke(e, gone))
+        self.locks.release(vid, self.node_id)
+        if export.closed:           # the client left during the snapshot
+            self._attached.pop(new["vid"], None)
+            self.locks.release(new["vid"], self.node_id)
+        log.info("vdi=%s live snapshot %r: export moved from vid=%06x to vid=%06x",
+                 new["name"], tag, vid, new["vid"])
+        return result
+
+    def _revoke(self, export: VdiExport, vid: int | None = None) -> None:
+        if vid is not None and export.entry["vid"] != vid:
+            return  # the lock of a vid this export left behind (live snapshot)
         if self._attached.get(export.entry["vid"]) is not export:
             return  # already detached normally
         export.revoked = True
@@ -129,6 +230,7 @@ class VdiExportProvider:
             self.server.drop_export_clients(export.name)
 
     def detached(self, export: VdiExport) -> None:
+        export.closed = True
         if not export._locked:
             return
         vid = export.entry["vid"]

@@ -1,10 +1,17 @@
 """VDI operations of one sheep: the catalog in ZooKeeper plus volumes on the gateway.
 
 A catalog entry (``/vdis/<vid>``) is the VDI's identity: name, vid, size,
-copies, creation time, and for snapshots their tag and id.  The object map
-lives in the inode object, a replicated object like any other.  The vid of a
-new name is the first free slot of the name's linear-probing run; creating the
-catalog znode is the compare-and-set that settles races between gateways.
+copies, creation time, snapshot id, and for snapshots their tag.  The object
+map lives in the inode object, a replicated object like any other.  The vid of
+a new entry is the first free slot of the name's linear-probing run; creating
+the catalog znode is the compare-and-set that settles races between gateways.
+
+Which entries users see, and when a deleted entry's objects can go, are the
+pure rules of `vdi.family`; snapshots, clones and rollback are in
+`sheep.snapshots`, reclaim in `sheep.reclaim`.
+
+A working VDI's ``snap_id`` is the id its next snapshot will get (1 for a new
+VDI), as in Sheepdog.
 """
 from __future__ import annotations
 
@@ -14,14 +21,16 @@ from typing import Callable
 
 from sheep.errors import (AlreadyExists, InvalidRequest, Locked, NoObject, NoSpace, NotFound,
                           NotReady)
-from vdi import objects
+from sheep.reclaim import Reclaimer
+from vdi import family, objects
 from vdi.inode import ObjectMap
-from vdi.vid import probe
+from vdi.vid import first_free
 from vdi.volume import Volume
 
 log = logging.getLogger(__name__)
 
 MAX_NAME_BYTES = 256
+INTERNAL_FIELDS = ("hidden", "replaces")
 
 
 def validate_name(name: str) -> None:
@@ -41,6 +50,7 @@ class VdiService:
         self.locks = locks
         self.node_id = node_id
         self._cluster_format = cluster_format
+        self.reclaimer = Reclaimer(self)
 
     # -- cluster facts ---------------------------------------------------------
     def format(self) -> dict:
@@ -56,26 +66,30 @@ class VdiService:
         return self.object_size() * objects.MAX_INDEXES
 
     # -- catalog ---------------------------------------------------------------
-    def entries(self) -> list[dict]:
+    def all_entries(self) -> list[dict]:
+        """Every catalog entry, deleted and hidden ones included."""
         self.format()
-        return sorted((e for e in self.catalog.list() if not e.get("deleted")),
-                      key=lambda e: (e["name"], e.get("snap_id", 0)))
+        return self.catalog.list()
+
+    def entries(self) -> list[dict]:
+        """The entries users see (`vdi.family.visible`), by name then snapshot id."""
+        return sorted(family.visible(self.all_entries()),
+                      key=lambda e: (e["name"], not e.get("snapshot"), e.get("snap_id", 0)))
 
     def working(self, name: str) -> dict:
         validate_name(name)
-        for e in self.entries():
-            if e["name"] == name and not e.get("snapshot"):
-                return e
-        raise NotFound(f"VDI '{name}' not found")
+        found = family.working_of(self.all_entries(), name)
+        if found is None:
+            raise NotFound(f"VDI '{name}' not found")
+        return found
 
     def snapshot(self, name: str, tag: str) -> dict:
         """A snapshot of ``name`` by its tag or its snapshot id."""
         validate_name(name)
-        for e in self.entries():
-            if e["name"] == name and e.get("snapshot") and (
-                    e.get("tag") == tag or str(e.get("snap_id")) == tag):
-                return e
-        raise NotFound(f"snapshot '{tag}' of VDI '{name}' not found")
+        found = family.find_snapshot(self.all_entries(), name, str(tag))
+        if found is None:
+            raise NotFound(f"snapshot '{tag}' of VDI '{name}' not found")
+        return found
 
     def _check_size(self, size: int) -> int:
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
@@ -84,6 +98,18 @@ class VdiService:
             raise InvalidRequest(f"VDI size {size} exceeds the maximum {self.max_size()}")
         return size
 
+    def allocate(self, fields: dict) -> dict:
+        """Create a catalog entry with the first free vid of its name's run; returns it."""
+        for _attempt in range(16):
+            vid = first_free(fields["name"], family.used_vids(self.catalog.list()))
+            entry = {**fields, "vid": vid}
+            try:
+                self.catalog.create(vid, entry)
+            except AlreadyExists:
+                continue  # another gateway took that slot first: look again
+            return entry
+        raise AlreadyExists(f"could not allocate a VDI id for '{fields['name']}' (too much contention)")
+
     def create(self, name: str, size: int, copies: int | None = None) -> dict:
         validate_name(name)
         fmt = self.format()
@@ -91,47 +117,88 @@ class VdiService:
         copies = int(copies or fmt["copies"])
         if not 1 <= copies <= 31:
             raise InvalidRequest(f"invalid number of copies {copies}")
-        entry = {"name": name, "size": size, "copies": copies, "created": time.time(),
-                 "snap_id": 0, "tag": "", "parent": 0, "snapshot": False,
-                 "block_size_shift": int(fmt["block_size_shift"])}
-        for _attempt in range(16):
-            existing = {e["vid"]: e for e in self.catalog.list()}
-            for vid in probe(name):
-                other = existing.get(vid)
-                if other is None:
-                    break
-                if other["name"] == name and not other.get("snapshot") and not other.get("deleted"):
-                    raise AlreadyExists(f"VDI '{name}' already exists")
-            entry["vid"] = vid
-            try:
-                self.catalog.create(vid, entry)
-            except AlreadyExists:
-                continue  # another gateway took that slot first: look again
-            self._write_new_inode(entry, ObjectMap(self._nr_indexes(entry)))
-            log.info("vdi=%s vid=%06x created size=%d copies=%d", name, vid, size, copies)
-            return entry
-        raise AlreadyExists(f"could not allocate a VDI id for '{name}' (too much contention)")
+        entries = self.catalog.list()
+        if family.working_of(entries, name) is not None:
+            raise AlreadyExists(f"VDI '{name}' already exists")
+        entry = self.allocate({
+            "name": name, "size": size, "copies": copies, "created": time.time(),
+            "snap_id": family.next_snap_id(entries, name), "tag": "", "parent": 0,
+            "snapshot": False, "block_size_shift": int(fmt["block_size_shift"]), "hidden": True})
+        try:
+            self.write_inode(entry, ObjectMap(self.nr_indexes(entry)))
+            entry = self.publish(entry)
+        except BaseException:
+            self.forget(entry)
+            raise
+        log.info("vdi=%s vid=%06x created size=%d copies=%d", name, entry["vid"], size, copies)
+        return entry
 
-    def _nr_indexes(self, entry: dict) -> int:
-        osz = 1 << entry["block_size_shift"]
-        return (entry["size"] + osz - 1) // osz
+    def publish(self, entry: dict) -> dict:
+        """Make a hidden entry an ordinary one; if another working VDI of the same name
+        appeared meanwhile (a racing create or clone), give ours up: AlreadyExists."""
+        rivals = [e for e in family.visible(self.catalog.list())
+                  if e["name"] == entry["name"] and not e.get("snapshot") and e["vid"] != entry["vid"]
+                  and not e.get("hidden") and not entry.get("replaces")]
+        if rivals:
+            raise AlreadyExists(f"VDI '{entry['name']}' already exists")
+        entry = {k: v for k, v in entry.items() if k not in INTERNAL_FIELDS}
+        self.catalog.update(entry["vid"], entry)
+        return entry
 
-    def _write_new_inode(self, entry: dict, objmap: ObjectMap) -> None:
-        header = {k: entry[k] for k in ("name", "vid", "size", "block_size_shift", "parent",
-                                          "created")}
+    def forget(self, entry: dict) -> None:
+        """Undo an ``allocate`` whose entry never became visible (best effort)."""
+        try:
+            self.gateway.remove(objects.inode_oid(entry["vid"]), entry["copies"])
+        except Exception as exc:
+            log.warning("vid=%06x inode cleanup failed: %s", entry["vid"], exc)
+        try:
+            self.catalog.delete(entry["vid"])
+        except NotFound:
+            pass
+
+    def nr_indexes(self, entry: dict) -> int:
+        return objects.nr_indexes(entry["size"], 1 << entry["block_size_shift"])
+
+    def write_inode(self, entry: dict, objmap: ObjectMap) -> None:
+        header = {k: entry.get(k) for k in ("name", "vid", "size", "block_size_shift", "parent",
+                                              "created")}
         Volume.create_inode(self.gateway, entry["vid"], header, objmap, entry["copies"])
 
+    def read_map(self, entry: dict) -> ObjectMap:
+        """The persisted object map of ``entry`` (NotFound when its inode is missing)."""
+        return self.open_volume(entry, readonly=True).objmap
+
+    def mark_deleted(self, entry: dict) -> None:
+        """The entry is no longer live (CAS against a concurrent change), then reclaim."""
+        current, version = self.catalog.get_with_version(entry["vid"])
+        if current.get("deleted"):
+            raise NotFound(f"VDI '{entry['name']}' is already deleted")
+        if bool(current.get("snapshot")) != bool(entry.get("snapshot")):
+            raise AlreadyExists(f"VDI '{entry['name']}' changed meanwhile (snapshot taken); retry",
+                                conflict=True)
+        self.catalog.update(entry["vid"], {**current, "deleted": True, "deleted_at": time.time()},
+                            expected_version=version)
+
     def delete(self, name: str) -> None:
+        """Delete the working VDI of ``name``; objects its snapshots or clones share stay."""
         entry = self.working(name)
-        self._refuse_if_locked(entry)
-        vol = self.open_volume(entry)
-        vid, copies = entry["vid"], entry["copies"]
-        for idx in range(self._nr_indexes(entry)):
-            if vol.objmap.get(idx) == vid:
-                self.gateway.remove(objects.data_oid(vid, idx), copies)
-        self.gateway.remove(objects.inode_oid(vid), copies)
-        self.catalog.delete(vid)
-        log.info("vdi=%s vid=%06x deleted", name, vid)
+        self.refuse_if_locked(entry, "delete")
+        if self.locks is not None:   # no attach can slip in while we delete
+            self.locks.acquire(entry["vid"], self.node_id, "delete")
+        try:
+            self.mark_deleted(entry)
+        finally:
+            if self.locks is not None:
+                self.locks.release(entry["vid"], self.node_id)
+        log.info("vdi=%s vid=%06x deleted", name, entry["vid"])
+        self.reclaimer.run()
+
+    def delete_snapshot(self, name: str, tag: str) -> dict:
+        entry = self.snapshot(name, tag)
+        self.mark_deleted(entry)
+        log.info("vdi=%s snapshot=%s vid=%06x deleted", name, tag, entry["vid"])
+        self.reclaimer.run()
+        return entry
 
     def resize(self, name: str, size: int) -> dict:
         entry = self.working(name)
@@ -142,13 +209,14 @@ class VdiService:
         self.catalog.update(entry["vid"], entry)
         return entry
 
-    def _refuse_if_locked(self, entry: dict) -> None:
+    def refuse_if_locked(self, entry: dict, what: str = "change") -> None:
         if self.locks is None:
             return
-        for lock in self.locks.list():
-            if lock.get("vid") == entry["vid"]:
-                raise Locked(f"VDI '{entry['name']}' is attached by node {lock.get('node_id')} "
-                             f"(client {lock.get('client')})", holder=lock.get("node_id"))
+        lock = self.locks.get(entry["vid"])
+        if lock is not None:
+            raise Locked(f"cannot {what} VDI '{entry['name']}': it is attached by node "
+                         f"{lock.get('node_id')} (client {lock.get('client')})",
+                         holder=lock.get("node_id"))
 
     # -- data ------------------------------------------------------------------
     def open_volume(self, entry: dict, readonly: bool = False) -> Volume:
@@ -159,12 +227,17 @@ class VdiService:
         except NoObject:
             raise NotFound(f"inode of VDI '{entry['name']}' is missing") from None
 
-    def used_bytes(self, entry: dict) -> int:
+    def usage(self, entry: dict) -> dict:
+        """``used_bytes`` (objects this VDI owns) and ``shared_bytes`` (objects it shares)."""
         try:
-            vol = self.open_volume(entry, readonly=True)
+            owners = self.read_map(entry).entries()
         except NotFound:
-            return 0
-        return vol.objmap.owned_by(entry["vid"]) * (1 << entry["block_size_shift"])
+            owners = ()
+        used, shared = family.usage(entry["vid"], owners, 1 << entry["block_size_shift"])
+        return {"used_bytes": used, "shared_bytes": shared}
+
+    def used_bytes(self, entry: dict) -> int:
+        return self.usage(entry)["used_bytes"]
 
     def read(self, name: str, offset: int, length: int) -> bytes:
         return self.open_volume(self.working(name), readonly=True).read(offset, length)
@@ -177,10 +250,14 @@ class VdiService:
             raise NoSpace(f"write of {len(data)} bytes at {offset} is past the end of VDI "
                           f"'{name}' ({entry['size']} bytes)")
         if self.locks is None:
-            self.open_volume(entry).write(offset, data)
+            self._write(self.open_volume(entry), offset, data)
             return
         self.locks.acquire(entry["vid"], self.node_id, "admin-api")
         try:
-            self.open_volume(entry).write(offset, data)
+            self._write(self.open_volume(entry), offset, data)
         finally:
             self.locks.release(entry["vid"], self.node_id)
+
+    def _write(self, volume: Volume, offset: int, data) -> None:
+        with self.reclaimer.watching(volume, offset, len(data)):
+            volume.write(offset, data)

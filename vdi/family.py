@@ -1,0 +1,150 @@
+"""Catalog rules of the volume model: which entries are visible, snapshot ids, reclaim.
+
+Pure functions over catalog entries (dicts as stored under ``/vdis/<vid>``) and
+object maps; no I/O.
+
+Entry states
+~~~~~~~~~~~~
+* live working VDI: ``snapshot`` false, not ``deleted``, not ``hidden``;
+* snapshot: ``snapshot`` true (read-only, never changes again);
+* hidden: being created (snapshot, clone, rollback).  A hidden entry with
+  ``replaces = V`` becomes the name's working VDI as soon as entry ``V`` is no
+  longer a live working VDI (it was frozen as a snapshot or marked deleted):
+  the catalog has no multi-znode transaction, so this rule makes the switch
+  atomic for readers.  A hidden entry without ``replaces`` stays invisible until
+  it is updated;
+* deleted: no longer live, kept only while some live map still points at its
+  objects (so its vid is not reused while they exist).
+
+Reclaim
+~~~~~~~
+Maps only ever point at the entry's own vid or at vids whose maps they were
+copied from, and a map entry only changes from a foreign vid to the own vid or
+to 0.  So data object ``(vid, idx)`` is needed exactly while some non-deleted
+entry (hidden ones included) has ``map[idx] == vid``; a deleted entry's objects
+that no live map points at can be removed, and once none is left the entry
+itself (inode and catalog znode) goes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+
+def is_live(entry: dict) -> bool:
+    """Not deleted (hidden entries being created are live: their maps hold references)."""
+    return not entry.get("deleted")
+
+
+def _is_working(entry: dict) -> bool:
+    return is_live(entry) and not entry.get("snapshot") and not entry.get("hidden")
+
+
+def visible(entries: Iterable[dict]) -> list[dict]:
+    """The entries users see: live ones, hidden ones only once what they replace is gone."""
+    entries = list(entries)
+    by_vid = {e["vid"]: e for e in entries}
+    out = []
+    for e in entries:
+        if not is_live(e):
+            continue
+        if e.get("hidden"):
+            old = by_vid.get(e.get("replaces") or 0)
+            if not e.get("replaces") or (old is not None and _is_working(old)):
+                continue
+        out.append(e)
+    return out
+
+
+def working_of(entries: Iterable[dict], name: str) -> dict | None:
+    """The working VDI of ``name`` among ``visible`` entries, or None."""
+    found = [e for e in visible(entries) if e["name"] == name and not e.get("snapshot")]
+    if not found:
+        return None
+    # a replacement that became visible wins over anything still marked working
+    return max(found, key=lambda e: (bool(e.get("hidden")), e.get("created", 0)))
+
+
+def find_snapshot(entries: Iterable[dict], name: str, tag: str) -> dict | None:
+    """Snapshot of ``name`` by exact tag first, else by snapshot id (``"3"``)."""
+    snaps = [e for e in visible(entries) if e["name"] == name and e.get("snapshot")]
+    for e in snaps:
+        if e.get("tag") and e.get("tag") == tag:
+            return e
+    for e in snaps:
+        if str(e.get("snap_id")) == str(tag):
+            return e
+    return None
+
+
+def next_snap_id(entries: Iterable[dict], name: str) -> int:
+    """1 + the highest snapshot id ever given under ``name`` that the catalog still knows."""
+    ids = [int(e.get("snap_id") or 0) for e in entries
+           if e["name"] == name and e.get("snapshot")]
+    return max(ids, default=0) + 1
+
+
+def used_vids(entries: Iterable[dict]) -> set[int]:
+    """Vids that must not be given to a new entry (every catalog entry, deleted ones too)."""
+    return {e["vid"] for e in entries}
+
+
+def usage(vid: int, owners: Sequence[int], object_size: int) -> tuple[int, int]:
+    """(used, shared) bytes of one map: objects it owns, objects it shares with others."""
+    used = shared = 0
+    for owner in owners:
+        if owner == vid:
+            used += 1
+        elif owner:
+            shared += 1
+    return used * object_size, shared * object_size
+
+
+@dataclass
+class ReclaimPlan:
+    """What one reclaim pass removes."""
+    free: dict[int, list[int]] = field(default_factory=dict)   # deleted vid -> indexes to remove
+    drop: list[int] = field(default_factory=list)              # deleted vids to forget entirely
+
+    def __bool__(self) -> bool:
+        return bool(self.free or self.drop)
+
+
+def plan_reclaim(entries: Iterable[dict], maps: Mapping[int, Sequence[int]]) -> ReclaimPlan:
+    """Objects of deleted entries that no live map references, and deleted entries left empty.
+
+    ``maps[vid]`` is the object map (owner per index) of every entry; a live entry
+    without a map is a caller error (KeyError): the caller must not guess.
+    """
+    entries = list(entries)
+    referenced: dict[int, set[int]] = {}
+    for e in entries:
+        if not is_live(e):
+            continue
+        for idx, owner in enumerate(maps[e["vid"]]):
+            if owner:
+                referenced.setdefault(owner, set()).add(idx)
+    plan = ReclaimPlan()
+    for e in entries:
+        if is_live(e):
+            continue
+        vid = e["vid"]
+        refs = referenced.get(vid, set())
+        owned = [idx for idx, owner in enumerate(maps.get(vid, ())) if owner == vid]
+        free = [idx for idx in owned if idx not in refs]
+        if free:
+            plan.free[vid] = free
+        if not refs:
+            plan.drop.append(vid)
+    return plan
+
+
+def runs(indexes: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted indexes as (first, count) runs of consecutive values."""
+    out: list[tuple[int, int]] = []
+    for idx in sorted(indexes):
+        if out and out[-1][0] + out[-1][1] == idx:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((idx, 1))
+    return out
