@@ -249,7 +249,9 @@ def main(argv=None) -> int:
                 target.before_job()
                 run_fio(target.uri, "prefill", "write", "1M", 8, args.size, None, workdir)
                 target.prefill_s = time.monotonic() - t0
-                print(f"# {tname}: {target.uri}, prefill {target.prefill_s:.1f} s", flush=True)
+                print(f"# {tname}: {target.uri}, prefill {target.prefill_s:.1f} s, load average "
+                      f"{os.getloadavg()[0]:.1f} (other work on the machine skews every figure)",
+                      flush=True)
                 for name, rw, bs, qd in JOBS:
                     if name not in wanted:
                         continue
@@ -260,6 +262,7 @@ def main(argv=None) -> int:
                     print(f"#   {name}: {fmt(r)} {r.unit}, lat {fmt_lat(r)} us", flush=True)
             finally:
                 target.stop()
+            print(f"# {tname} done, load average {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
