@@ -57,8 +57,10 @@ def test_second_attacher_refused_then_admitted_and_unlock_drops_the_holder(clust
         assert lk["client"].startswith("127.0.0.1:") and lk["client"] in row
         assert t0 - 1 <= lk["since"] <= time.time() + 1
 
-        # a second attacher through node 1 is refused in the handshake
+        # a second attacher is refused in the handshake, through another node or the same one
         assert_refused(qemu_io(b, "shared", "read 0 512", check=False), a)
+        assert_refused(qemu_io(a, "shared", "read 0 512", check=False), a)
+        assert first.must("pread", offset=0, length=4096)["bytes"] == [0x61]
 
     # the first client disconnected: the lock goes and node 1 may attach
     wait_unlocked(c, "shared")
