@@ -38,6 +38,10 @@ def split_export_name(name: str) -> tuple[str, str | None]:
 
 
 class VdiExport:
+    # write/trim/write_zeroes with fua=True flush before returning, so the NBD
+    # server must not send a second cluster-wide flush after them.
+    handles_fua = True
+
     def __init__(self, name: str, entry: dict, volume, provider: "VdiExportProvider",
                  locked: bool, client: str = "") -> None:
         self.name = name
