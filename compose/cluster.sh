@@ -16,6 +16,10 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+# the project name: the environment, else compose/.env, else "sheepdog"
+if [[ -z ${COMPOSE_PROJECT_NAME:-} && -f $HERE/.env ]]; then
+  COMPOSE_PROJECT_NAME=$(sed -n 's/^COMPOSE_PROJECT_NAME=//p' "$HERE/.env" | tail -1)
+fi
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-sheepdog}
 PYTHON=${PYTHON:-python3}
 WHEELS=$HERE/wheels
