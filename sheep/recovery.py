@@ -168,12 +168,12 @@ class Recovery:
         pool = Pool(self._parallel)
         failures: list[BaseException] = []
         for oid, (newest, sources) in sorted(wanted.items()):
-            if self.epochs.epoch != view.epoch or not self.enabled or failures:
-                break
             delay = self.throttle.delay(0)
             if delay > 0:
                 gevent.sleep(delay)
             pool.wait_available()
+            if self.epochs.epoch != view.epoch or not self.enabled or failures:
+                break
             job = pool.spawn(self._recover, oid, newest, sources, view)
             job.link_exception(lambda g: failures.append(g.exception))
         pool.join()
