@@ -85,6 +85,7 @@ def main() -> int:
                         f"write -P 0x5a 0 {args.data_mib}M"], check=True, capture_output=True)
         fill_s = time.monotonic() - t0
         wait(lambda: recovered(c.sheep), 60, "initial recovery")
+        client_bench(n0, "client", args.client_mib)   # allocate: every later bench overwrites
         baseline = client_bench(n0, "client", args.client_mib)
 
         # lose one node (not the client's gateway)
