@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
