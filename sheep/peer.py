@@ -1,10 +1,10 @@
 """Multiplexed connections to other sheep (gevent shell over ``sheep.wire``).
 
-One TCP connection per peer carries any number of requests at once.  A sender
-writes its frame (prefix + header, then the payload buffer as it is) under the
-connection's send lock; one reader greenlet per connection reads replies with
-``recv_into`` and hands each to the waiting caller by request id, in whatever
-order they come.  When a connection breaks, every caller waiting on it gets
+One TCP connection per peer carries any number of requests at once.  Senders
+queue whole frames on the connection's `FrameWriter` (payload buffers as they
+are, written with scatter/gather ``sendmsg``); one reader greenlet per
+connection reads replies through a `FrameReader` and hands each to the waiting
+caller by request id, in whatever order they come.  When a connection breaks, every caller waiting on it gets
 `Unavailable` and the next call dials again.
 """
 from __future__ import annotations
@@ -19,40 +19,9 @@ from gevent.lock import Semaphore
 
 from sheep import wire
 from sheep.errors import SheepError, Unavailable
+from sheep.framing import FrameReader, FrameWriter
 
 log = logging.getLogger(__name__)
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytearray:
-    """Read exactly ``n`` bytes; ConnectionError if the peer closes first."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        r = sock.recv_into(view[got:], n - got)
-        if r == 0:
-            raise ConnectionError("connection closed by peer")
-        got += r
-    return buf
-
-
-def read_frame(sock: socket.socket) -> wire.Frame:
-    header_len, payload_len = wire.parse_prefix(recv_exact(sock, wire.PREFIX.size))
-    header = wire.parse_header(recv_exact(sock, header_len))
-    payload = recv_exact(sock, payload_len) if payload_len else b""
-    return wire.Frame(header, payload)
-
-
-def send_frame(sock: socket.socket, lock: Semaphore, header: dict, payload=b"") -> None:
-    nbytes = memoryview(payload).nbytes
-    head = wire.encode_prefix_and_header(header, nbytes)
-    with lock:
-        if nbytes and nbytes < 65536:
-            sock.sendall(head + bytes(payload))
-        else:
-            sock.sendall(head)
-            if payload:
-                sock.sendall(payload)
 
 
 class PeerConnection:
@@ -62,23 +31,24 @@ class PeerConnection:
         self.addr, self.port = addr, port
         self._connect_timeout_s = connect_timeout_s
         self._sock: socket.socket | None = None
-        self._send_lock = Semaphore()
+        self._writer: FrameWriter | None = None
         self._dial_lock = Semaphore()
         self._pending: dict[int, AsyncResult] = {}
         self._ids = itertools.count(1)
         self._reader: gevent.Greenlet | None = None
 
-    def _connected(self) -> socket.socket:
+    def _connected(self) -> FrameWriter:
         if self._sock is not None:
-            return self._sock
+            return self._writer
         with self._dial_lock:
             if self._sock is None:
                 sock = socket.create_connection((self.addr, self.port), self._connect_timeout_s)
                 sock.settimeout(None)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._writer = FrameWriter(sock)
                 self._sock = sock
                 self._reader = gevent.spawn(self._read_loop, sock)
-        return self._sock
+        return self._writer
 
     def call(self, header: dict, payload=b"", timeout_s: float = 30.0) -> wire.Frame:
         """Send one request and wait for its reply.
@@ -91,8 +61,7 @@ class PeerConnection:
         self._pending[rid] = result
         try:
             try:
-                sock = self._connected()
-                send_frame(sock, self._send_lock, {**header, "id": rid}, payload)
+                self._connected().send({**header, "id": rid}, payload)
             except OSError as exc:
                 self._broken(exc)
                 raise Unavailable(f"peer {self.addr}:{self.port}: {exc}") from None
@@ -107,9 +76,10 @@ class PeerConnection:
         return frame
 
     def _read_loop(self, sock: socket.socket) -> None:
+        reader = FrameReader(sock)
         try:
             while True:
-                frame = read_frame(sock)
+                frame = reader.read_frame()
                 waiter = self._pending.get(frame.header.get("id"))
                 if waiter is not None:
                     waiter.set(frame)

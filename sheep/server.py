@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from gevent.lock import Semaphore
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from sheep.errors import SheepError
-from sheep.peer import read_frame, send_frame
+from sheep.framing import FrameReader, FrameWriter
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +48,13 @@ class PeerServer:
         import socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._conns.add(sock)
-        lock = Semaphore()
+        writer = FrameWriter(sock)
+        reader = FrameReader(sock)
         pool = Pool(self._per_connection)
         try:
             while True:
-                frame = read_frame(sock)
-                pool.spawn(self._run, sock, lock, frame.header, frame.payload)
+                frame = reader.read_frame()
+                pool.spawn(self._run, writer, frame.header, frame.payload)
         except ConnectionError:
             pass
         except (OSError, SheepError) as exc:
@@ -64,7 +64,7 @@ class PeerServer:
             pool.join(timeout=5)
             sock.close()
 
-    def _run(self, sock, lock, header: dict, payload) -> None:
+    def _run(self, writer: FrameWriter, header: dict, payload) -> None:
         rid = header.get("id")
         try:
             reply, data = self._handler(header, payload)
@@ -75,6 +75,6 @@ class PeerServer:
             log.exception("op=%s failed", header.get("op"))
             reply, data = {"id": rid, "code": 1, "error": f"internal error: {exc}"}, b""
         try:
-            send_frame(sock, lock, reply, data)
+            writer.send(reply, data)
         except OSError:
-            pass
+            pass  # the connection is gone; its reader loop ends it
