@@ -86,6 +86,8 @@ build() {
   bash "$HERE/build-base-image.sh"
   wheels
   dc build "$@" >&2
+  # the images these replaced (same tag, now untagged) are of no further use
+  docker image prune -f --filter label=org.sheepdog-py.image >/dev/null || true
   say "images built in $((SECONDS - t0)) s"
 }
 

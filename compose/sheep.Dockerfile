@@ -4,6 +4,7 @@
 # fills with `pip download` (deps) and `pip wheel` (this project) on the host.
 ARG BASE_IMAGE=localhost/debian:bookworm
 FROM ${BASE_IMAGE}
+LABEL org.sheepdog-py.image=sheep
 
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 PYTHONUNBUFFERED=1 \
     PATH=/opt/sheepdog/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin

@@ -10,6 +10,7 @@
 #   ZK_INIT_LIMIT=10  ZK_SYNC_LIMIT=5  ZK_AUTOPURGE_HOURS=1
 ARG BASE_IMAGE=localhost/debian:bookworm
 FROM ${BASE_IMAGE}
+LABEL org.sheepdog-py.image=zookeeper
 
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
 RUN apt-get update \
