@@ -78,6 +78,7 @@ class SnapshotService:
                 try:
                     self.locks.acquire(working["vid"], self.node_id, "snapshot")
                 except Locked:
+                    gevent.sleep(0.01)  # someone attached just now: look again
                     continue
                 try:
                     objmap = self.vdis.read_map(working)
