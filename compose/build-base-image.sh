@@ -32,7 +32,13 @@ if [[ ! -x $ROOTFS/bin/bash || ! -f $ROOTFS/.sheepdog-rootfs-complete ]]; then
   echo "build-base-image: debootstrap $SUITE from $MIRROR into $ROOTFS" >&2
   rm -rf "$ROOTFS"
   mkdir -p "$(dirname "$ROOTFS")"
-  debootstrap --variant=minbase "$SUITE" "$ROOTFS" "$MIRROR" >&2
+  # a flaky mirror connection should not fail a CI run: one more try from scratch
+  if ! debootstrap --variant=minbase "$SUITE" "$ROOTFS" "$MIRROR" >&2; then
+    echo "build-base-image: debootstrap failed; retrying once" >&2
+    tail -5 "$ROOTFS/debootstrap/debootstrap.log" >&2 2>/dev/null || true
+    rm -rf "$ROOTFS"
+    debootstrap --variant=minbase "$SUITE" "$ROOTFS" "$MIRROR" >&2
+  fi
   rm -f "$ROOTFS"/var/cache/apt/archives/*.deb
   rm -rf "$ROOTFS"/var/lib/apt/lists/*
   : >"$ROOTFS/etc/resolv.conf"
