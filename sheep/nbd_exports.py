@@ -165,6 +165,8 @@ class VdiExportProvider:
         return entry["size"], bool(entry.get("snapshot"))
 
     def open_export(self, name: str, client_addr: str) -> VdiExport:
+        if split_export_name(name)[1] is None:
+            self.vdis.check_writable()   # a read-write attach needs the session
         entry = self._entry(name)
         if entry.get("snapshot"):
             return VdiExport(name, entry, self.vdis.open_volume(entry, readonly=True), self,

@@ -242,7 +242,13 @@ class VdiService:
     def read(self, name: str, offset: int, length: int) -> bytes:
         return self.open_volume(self.working(name), readonly=True).read(offset, length)
 
+    def check_writable(self) -> None:
+        """Fenced (this node lost its ZooKeeper session): refuse at once, before any
+        ZooKeeper call that would only block until the session comes back."""
+        self.gateway.local.check_writable()
+
     def write(self, name: str, offset: int, data) -> None:
+        self.check_writable()
         entry = self.working(name)
         if offset < 0:
             raise InvalidRequest(f"negative offset {offset}")

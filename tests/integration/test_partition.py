@@ -62,7 +62,8 @@ def test_session_expiry_and_partition(netns_cluster):
     poll(lambda: net.curl(n2.ns, n2, "/node")["fenced"] is True, 20, "node 2 fenced")
     cut_write = net.collie(n2.ns, n2, "vdi", "write", "vol", "0", "4096",
                            input=b"\xff" * 4096, check=False, timeout=6)
-    assert cut_write.returncode != 0
+    assert cut_write.returncode == 2, cut_write.stderr   # refused at once, not hanging
+    assert b"fenced" in cut_write.stderr
     # heal: it rejoins and converges on the newest data
     net.heal(n2)
     poll(lambda: last_members(net, n0) == everyone, 40, "node 2 rejoined")
