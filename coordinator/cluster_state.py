@@ -1,0 +1,138 @@
+"""The ``/cluster`` znode and the recovery markers: format, state changes, shutdown.
+
+A mixin of `coordinator.cluster.Coordinator` (it uses the coordinator's ``client``,
+``layout``, ``cluster`` and ``node_id``), kept apart so each file owns one concern:
+``cluster.py`` membership, epochs and fencing; this one the cluster's configuration and
+lifecycle values.  The theory of operation (shutdown, waiting, force) is in ``cluster.py``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+
+from coordinator.catalog import zk_unavailable
+from coordinator.layout import decode, encode
+from sheep.errors import AlreadyExists, InvalidRequest, NotReady
+
+log = logging.getLogger(__name__)
+
+CLUSTER_STATES = ("running", "shutdown", "waiting")
+COPIES_RANGE = (1, 31)
+BLOCK_SIZE_SHIFT_RANGE = (20, 26)
+
+
+class ClusterStateMixin:
+    # -- cluster format -------------------------------------------------------------
+
+    def format(self, copies: int, block_size_shift: int = 22, min_copies: int | None = None) -> dict:
+        """Create ``/cluster`` and return its value; the leader then creates epoch 1.
+
+        InvalidRequest unless 1 <= min_copies <= copies <= 31 and 20 <= shift <= 26;
+        ``min_copies`` defaults to 1.  AlreadyExists when the cluster is formatted.
+        """
+        def bad(v, lo, hi):
+            return not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi
+        if bad(copies, *COPIES_RANGE):
+            raise InvalidRequest(f"copies must be {COPIES_RANGE[0]}..{COPIES_RANGE[1]}, got {copies!r}")
+        if bad(block_size_shift, *BLOCK_SIZE_SHIFT_RANGE):
+            raise InvalidRequest(f"block_size_shift must be {BLOCK_SIZE_SHIFT_RANGE[0]}.."
+                                 f"{BLOCK_SIZE_SHIFT_RANGE[1]}, got {block_size_shift!r}")
+        min_copies = 1 if min_copies is None else min_copies
+        if bad(min_copies, 1, copies):
+            raise InvalidRequest(f"min_copies must be 1..{copies}, got {min_copies!r}")
+        value = {"copies": copies, "min_copies": min_copies, "block_size_shift": block_size_shift,
+                 "created": time.time(), "state": "running"}
+        with zk_unavailable("format"):
+            try:
+                self.client.create(self.layout.cluster_path, encode(value), makepath=True)
+            except NodeExistsError:
+                raise AlreadyExists(f"cluster {self.cluster} is already formatted") from None
+        log.info("cluster formatted cluster=%s copies=%d min_copies=%d shift=%d by node=%s",
+                 self.cluster, copies, min_copies, block_size_shift, self.node_id)
+        return value
+
+    def cluster_format(self) -> dict | None:
+        """The ``/cluster`` value, or None when the cluster is not formatted."""
+        with zk_unavailable("cluster read"):
+            try:
+                data, _ = self.client.get(self.layout.cluster_path)
+            except NoNodeError:
+                return None
+        return decode(data)
+
+    def set_cluster_state(self, state: str) -> dict:
+        """Set ``/cluster``'s state (running / shutdown / waiting) and return the new value.
+
+        NotReady when unformatted; InvalidRequest for an unknown state.
+        """
+        if state not in CLUSTER_STATES:
+            raise InvalidRequest(f"cluster state must be one of {', '.join(CLUSTER_STATES)}, got {state!r}")
+        value = self.update_cluster(lambda v: {**v, "state": state})
+        log.info("cluster state cluster=%s state=%s", self.cluster, state)
+        return value
+
+    def update_cluster(self, change) -> dict:
+        """Compare-and-set ``/cluster`` to ``change(current value)``; returns the new value.
+
+        ``change`` may raise to refuse.  NotReady when the cluster is not formatted.
+        """
+        path = self.layout.cluster_path
+        with zk_unavailable("cluster update"):
+            while True:
+                try:
+                    data, stat = self.client.get(path)
+                except NoNodeError:
+                    raise NotReady(f"cluster {self.cluster} is not formatted") from None
+                value = change(dict(decode(data) or {}))
+                try:
+                    self.client.set(path, encode(value), version=stat.version)
+                except BadVersionError:
+                    continue
+                return value
+
+    def shutdown(self) -> dict:
+        """Orderly shutdown: every node started before now stops; no epochs are recorded."""
+        def change(v):
+            if v.get("state") != "running":
+                raise InvalidRequest(f"cluster {self.cluster} is {v.get('state')}, not running")
+            out = {k: x for k, x in v.items() if k not in ("waiting_for", "resumed")}
+            return {**out, "state": "shutdown", "shutdown_at": time.time()}
+        value = self.update_cluster(change)
+        log.warning("cluster shutdown cluster=%s requested by node=%s", self.cluster, self.node_id)
+        return value
+
+    def force_recover(self) -> dict:
+        """Give up waiting for missing members: the present nodes become the next epoch."""
+        def change(v):
+            if v.get("state") != "waiting":
+                raise InvalidRequest(f"cluster {self.cluster} is {v.get('state')}, "
+                                     "not waiting for nodes: nothing to force")
+            out = {k: x for k, x in v.items() if k not in ("waiting_for", "resumed")}
+            return {**out, "state": "running"}
+        value = self.update_cluster(change)
+        log.warning("cluster recover force cluster=%s by node=%s", self.cluster, self.node_id)
+        return value
+
+    # -- recovery markers -----------------------------------------------------------
+
+    def mark_recovered(self, epoch: int) -> None:
+        """Record that this node finished recovering ``epoch`` (idempotent)."""
+        with zk_unavailable("recovery marker"):
+            try:
+                self.client.create(self.layout.recovery_marker(epoch, self.node_id),
+                                   encode({"finished": time.time()}), makepath=True)
+            except NodeExistsError:
+                pass
+
+    def recovered(self, epoch: int, watch=None) -> set[str]:
+        """The node ids that finished recovering ``epoch``."""
+        with zk_unavailable("recovery markers"):
+            path = self.layout.recovery_epoch(epoch)
+            try:
+                return set(self.client.get_children(path, watch=watch))
+            except NoNodeError:
+                if watch is not None:   # arm a watch on its creation instead
+                    self.client.exists(path, watch=watch)
+                return set()
