@@ -20,39 +20,20 @@ writes only ``obj/``; stale copies are only a source for recovery.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Callable
 
 import gevent
 from gevent.event import Event
 
 from sheep.errors import NoObject, SheepError
-from sheep.store import ObjectStore, _parse_oid, _read_epoch
+from sheep.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
 
-def stale_objects(store: ObjectStore) -> dict[int, int]:
-    """oid -> the newest last-write epoch among the stale copies of that oid (blocking)."""
-    out: dict[int, int] = {}
-    base = os.path.join(store.root, "stale")
-    for d in os.scandir(base):
-        if not (d.is_dir(follow_symlinks=False) and d.name.isdigit()):
-            continue
-        for entry in os.scandir(d.path):
-            oid = _parse_oid(entry.name)
-            if oid is None:
-                continue
-            epoch = _read_epoch(entry.path)
-            epoch = int(d.name) if epoch is None else epoch
-            if epoch > out.get(oid, -1):
-                out[oid] = epoch
-    return out
-
-
 def list_all(store: ObjectStore) -> dict[int, int]:
     """Live objects plus stale copies (a live copy wins unless a stale one is newer)."""
-    out = stale_objects(store)
+    out = store.list_stale()
     for oid, epoch in store.list_objects().items():
         if epoch >= out.get(oid, -1):
             out[oid] = epoch
@@ -66,13 +47,7 @@ def epoch_any(store: ObjectStore, oid: int) -> int:
         best = store.epoch_of(oid)
     except NoObject:
         pass
-    base = os.path.join(store.root, "stale")
-    for d in os.scandir(base):
-        if d.is_dir(follow_symlinks=False) and d.name.isdigit():
-            path = os.path.join(d.path, f"{oid:016x}")
-            if os.path.exists(path):
-                epoch = _read_epoch(path)
-                best = max(best, int(d.name) if epoch is None else epoch)
+    best = max(best, store.stale_epoch_of(oid))
     if best < 0:
         raise NoObject(f"no copy of object {oid:016x}", oid=oid)
     return best

@@ -499,6 +499,30 @@ class ObjectStore:
             log.info("purged %d stale epoch dirs up to epoch=%d", purged, upto_epoch)
         return purged
 
+    def list_stale(self) -> dict[int, int]:
+        """oid -> the newest last-write epoch among the stale copies of that oid."""
+        out: dict[int, int] = {}
+        for stale_epoch in self._stale_epochs():
+            for entry in os.scandir(self._stale / str(stale_epoch)):
+                oid = _parse_oid(entry.name)
+                if oid is None:
+                    continue
+                epoch = _read_epoch(entry.path)
+                epoch = stale_epoch if epoch is None else epoch
+                if epoch > out.get(oid, -1):
+                    out[oid] = epoch
+        return out
+
+    def stale_epoch_of(self, oid: int) -> int:
+        """The newest last-write epoch among ``oid``'s stale copies; -1 when there are none."""
+        best = -1
+        for stale_epoch in self._stale_epochs():
+            path = self._stale / str(stale_epoch) / oid_name(oid)
+            if path.exists():
+                epoch = _read_epoch(path)
+                best = max(best, stale_epoch if epoch is None else epoch)
+        return best
+
     def read_stale(self, oid: int) -> tuple[int, bytes]:
         """The newest stale copy of ``oid``: (its last-write epoch, its bytes).
 

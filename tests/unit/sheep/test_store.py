@@ -440,3 +440,16 @@ def test_read_cached_serves_hot_data_and_declines_otherwise(store):
     assert store.read_cached(DATA_OID, 8192, 4096) is None
     with pytest.raises(InvalidRequest):
         store.read_cached(DATA_OID, OBJ, 1)
+
+
+def test_stale_listing_keeps_the_newest_copy_per_object(store):
+    store.write(1, 0, b"a", epoch=2, create=True)
+    store.move_to_stale(1, 3)
+    store.write(1, 0, b"b", epoch=5, create=True)
+    store.move_to_stale(1, 6)
+    store.write(2, 0, b"c", epoch=4, create=True)
+    store.move_to_stale(2, 4)
+    assert store.list_stale() == {1: 5, 2: 4}
+    assert store.stale_epoch_of(1) == 5
+    assert store.stale_epoch_of(3) == -1
+    assert store.list_objects() == {}
