@@ -115,6 +115,7 @@ class Coordinator(ClusterStateMixin):
         self._stopping = False
         self._lost = False              # session lost, not yet re-registered
         self._generation = 0            # bumped on every LOST: ends a leadership
+        self._unfenced = Event()        # set while not fenced
         self._registered = Event()      # member znode exists in the current session
         self._epoch_wake = Event()
         self._leader_wake = Event()
@@ -137,6 +138,15 @@ class Coordinator(ClusterStateMixin):
     @property
     def fenced(self) -> bool:
         return self._fenced
+
+    @property
+    def session_generation(self) -> int:
+        """Bumped every time a session is lost: what was held under an older one is gone."""
+        return self._generation
+
+    def wait_unfenced(self, timeout_s: float) -> bool:
+        """Until the session is confirmed (or a new one registered); False on timeout."""
+        return self._unfenced.wait(timeout_s)
 
     @property
     def is_leader(self) -> bool:
@@ -496,6 +506,7 @@ class Coordinator(ClusterStateMixin):
         if self._fenced:
             return
         self._fenced = True
+        self._unfenced.clear()
         log.warning("FENCED node=%s: ZooKeeper session in doubt, no writes", self.node_id)
         if self._on_fence is not None:
             gevent.spawn(self._callback, "on_fence", self._on_fence)
@@ -504,6 +515,7 @@ class Coordinator(ClusterStateMixin):
         if not self._fenced or self._stopping or self._lost:
             return
         self._fenced = False
+        self._unfenced.set()
         log.warning("UNFENCED node=%s (%s)", self.node_id, why)
         if self._on_unfence is not None:
             gevent.spawn(self._callback, "on_unfence", self._on_unfence)

@@ -107,7 +107,10 @@ class Sheep:
     def _open_store(self) -> None:
         max_bytes = max(1 << MAX_BLOCK_SIZE_SHIFT, objects.inode_object_bytes(objects.MAX_INDEXES))
         self.store = ObjectStore(self.config.dir, max_bytes, self.config.reserve_bytes)
-        self.replica = Replica(self.store, self.epochs, is_fenced=lambda: self.coordinator.fenced)
+        coord = self.coordinator
+        self.replica = Replica(self.store, self.epochs, is_fenced=lambda: coord.fenced,
+                               wait_unfenced=coord.wait_unfenced,
+                               session_generation=lambda: coord.session_generation)
         self.gateway = Gateway(self.node_id, self.replica, self.peers, self.epochs,
                                io_timeout_s=self.config.io_timeout_s,
                                peer_timeout_s=self.config.peer_timeout_s)
@@ -123,7 +126,8 @@ class Sheep:
         self.recovery.start()
         self.vdis = VdiService(self.catalog, self.gateway, self.cluster_format,
                                locks=self.locks, node_id=self.node_id)
-        self.exports = VdiExportProvider(self.vdis, self.locks, self.node_id)
+        self.exports = VdiExportProvider(self.vdis, self.locks, self.node_id,
+                                         session_generation=lambda: coord.session_generation)
         self.nbd = NbdServer(self.exports, self.config.bind_addr, self.config.nbd_port)
         self.exports.server = self.nbd
 

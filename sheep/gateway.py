@@ -57,6 +57,10 @@ class Gateway:
             view = self.epochs.view
         return view
 
+    def _writable(self, generation: int | None, deadline: float) -> None:
+        """This node may write now: wait while its session is in doubt, up to the deadline."""
+        self.local.check_writable(generation, wait_s=max(0.0, deadline - time.monotonic()))
+
     def _call(self, member: Member, header: dict, payload=b""):
         return self.peers.call(member.addr, member.port, header, payload, self.peer_timeout_s)
 
@@ -79,10 +83,13 @@ class Gateway:
         self._await_newer(view, deadline, errors[0])
 
     # -- I/O ---------------------------------------------------------------
-    def write(self, oid: int, offset: int, data, copies: int, create: bool = False) -> None:
+    def write(self, oid: int, offset: int, data, copies: int, create: bool = False,
+              generation: int | None = None) -> None:
+        """Replicate a write; ``generation``: refuse it unless the ZooKeeper session is still
+        the one of that generation (the one an attached VDI's lock was taken under)."""
         deadline = time.monotonic() + self.io_timeout_s
         while True:
-            self.local.check_writable()
+            self._writable(generation, deadline)
             view = self._view(deadline)
             targets = view.ring.replicas(oid, copies)
             errors = self._fan_out(targets, self._write_one, view.epoch, oid, offset, data,
@@ -143,10 +150,10 @@ class Gateway:
             errors = [e for e in errors if not isinstance(e, NoObject)]
             self._after_errors(view, errors, deadline)
 
-    def remove(self, oid: int, copies: int) -> None:
+    def remove(self, oid: int, copies: int, generation: int | None = None) -> None:
         deadline = time.monotonic() + self.io_timeout_s
         while True:
-            self.local.check_writable()
+            self._writable(generation, deadline)
             view = self._view(deadline)
             jobs = [gevent.spawn(self._remove_one, m, view.epoch, oid)
                     for m in view.ring.replicas(oid, copies)]
@@ -195,3 +202,25 @@ def _reraise_unexpected(errors: list[BaseException]) -> None:
     for err in errors:
         if not isinstance(err, SheepError):
             raise err
+
+
+class SessionBoundGateway:
+    """The gateway as one attached export sees it: its writes happen only under the
+    ZooKeeper session that took the export's VDI lock (``generation``).  After that
+    session is lost the lock may belong to someone else, so every later write fails."""
+
+    def __init__(self, gateway: Gateway, generation: int) -> None:
+        self.gateway = gateway
+        self.generation = generation
+
+    def read(self, oid: int, offset: int, length: int, copies: int) -> bytes:
+        return self.gateway.read(oid, offset, length, copies)
+
+    def write(self, oid: int, offset: int, data, copies: int, create: bool = False) -> None:
+        self.gateway.write(oid, offset, data, copies, create, generation=self.generation)
+
+    def remove(self, oid: int, copies: int) -> None:
+        self.gateway.remove(oid, copies, generation=self.generation)
+
+    def flush(self) -> None:
+        self.gateway.flush()

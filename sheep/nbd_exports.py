@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Callable
 
 from gevent.event import Event
 from gevent.lock import Semaphore
 
 from nbd_frontend.export import HOLE, ZERO
 from sheep.errors import Fenced, Unavailable
+from sheep.gateway import SessionBoundGateway
 from vdi.volume import Volume
 
 QUIESCE_TIMEOUT_S = 30.0
@@ -134,10 +136,12 @@ class VdiExport:
 class VdiExportProvider:
     """ExportProvider over the VDI service and the lock table."""
 
-    def __init__(self, vdis, locks, node_id: str) -> None:
+    def __init__(self, vdis, locks, node_id: str,
+                 session_generation: Callable[[], int] = lambda: 0) -> None:
         self.vdis = vdis
         self.locks = locks
         self.node_id = node_id
+        self.session_generation = session_generation
         self.server = None                  # the NbdServer, set by the daemon
         self._attached: dict[int, VdiExport] = {}
 
@@ -172,9 +176,11 @@ class VdiExportProvider:
             return VdiExport(name, entry, self.vdis.open_volume(entry, readonly=True), self,
                              locked=False)
         vid = entry["vid"]
+        # read before the lock is taken: a session lost in between makes writes fail, safely
+        bound = SessionBoundGateway(self.vdis.gateway, self.session_generation())
         self.locks.acquire(vid, self.node_id, client_addr)
         try:
-            volume = self.vdis.open_volume(entry)
+            volume = self.vdis.open_volume(entry, gateway=bound)
         except BaseException:
             self.locks.release(vid, self.node_id)
             raise
@@ -211,7 +217,7 @@ class VdiExportProvider:
                 raise
             new = result["working"]
             export.volume = Volume(new["vid"], volume.size, volume.object_size, volume.copies,
-                                   self.vdis.gateway, objmap, readonly=False)
+                                   volume.gateway, objmap, readonly=False)
             export.entry = new
             self._attached.pop(vid, None)
             self._attached[new["vid"]] = export

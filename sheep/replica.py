@@ -33,6 +33,8 @@ class ObjectRecovery(Protocol):
 class Replica:
     def __init__(self, store: ObjectStore, epochs: EpochState, *,
                  is_fenced: Callable[[], bool], epoch_wait_s: float = 10.0,
+                 wait_unfenced: Callable[[float], bool] = lambda _s: False,
+                 session_generation: Callable[[], int] = lambda: 0,
                  io_threads: int = 16) -> None:
         self.store = store
         self.epochs = epochs
@@ -42,6 +44,8 @@ class Replica:
         # Why writes are refused besides fencing (cluster waiting/shutdown), or None.
         self.write_block: Callable[[], Exception | None] | None = None
         self._is_fenced = is_fenced
+        self._wait_unfenced = wait_unfenced
+        self._session_generation = session_generation
         self._epoch_wait_s = epoch_wait_s
         self._flush_lock = Semaphore()
         self._pool = gevent.get_hub().threadpool
@@ -56,9 +60,18 @@ class Replica:
             raise NewEpoch(f"epoch {epoch} not seen yet (at {self.epochs.epoch})",
                            epoch=self.epochs.epoch)
 
-    def check_writable(self) -> None:
-        if self._is_fenced():
+    def check_writable(self, generation: int | None = None, wait_s: float = 0.0) -> None:
+        """Refuse writes while fenced, or once the session ``generation`` is gone.
+
+        With ``wait_s``, a session in doubt (ZooKeeper unreachable, e.g. restarting) is
+        waited for rather than refused: if the same session comes back the write goes
+        on; if the session was lost, whatever was held under it (the VDI lock of the
+        ``generation`` given) is gone and the write is refused.
+        """
+        if self._is_fenced() and not (wait_s > 0 and self._wait_unfenced(wait_s)):
             raise Fenced("node is fenced: ZooKeeper session lost")
+        if generation is not None and self._session_generation() != generation:
+            raise Fenced("ZooKeeper session lost since the VDI was attached: its lock is gone")
         if self.write_block is not None:
             refusal = self.write_block()
             if refusal is not None:
@@ -81,13 +94,13 @@ class Replica:
         return data
 
     def write(self, epoch: int, oid: int, offset: int, data, create: bool = False) -> None:
-        self.check_writable()
+        self.check_writable(wait_s=self._epoch_wait_s)
         self.check_epoch(epoch)
         self._ensure_current(oid)
         self._io(self.store.write, oid, offset, data, epoch, create)
 
     def remove(self, epoch: int, oid: int) -> None:
-        self.check_writable()
+        self.check_writable(wait_s=self._epoch_wait_s)
         self.check_epoch(epoch)
         try:
             self._io(self.store.remove, oid)

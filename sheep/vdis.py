@@ -219,9 +219,10 @@ class VdiService:
                          holder=lock.get("node_id"))
 
     # -- data ------------------------------------------------------------------
-    def open_volume(self, entry: dict, readonly: bool = False) -> Volume:
+    def open_volume(self, entry: dict, readonly: bool = False, gateway=None) -> Volume:
+        """The VDI's volume; ``gateway`` replaces the node's (e.g. a session-bound one)."""
         try:
-            return Volume.open(self.gateway, entry["vid"], entry["size"],
+            return Volume.open(gateway or self.gateway, entry["vid"], entry["size"],
                                1 << entry["block_size_shift"], entry["copies"],
                                readonly=readonly or bool(entry.get("snapshot")))
         except NoObject:

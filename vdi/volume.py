@@ -60,6 +60,7 @@ class Volume:
         self.object_size = object_size
         self.copies = copies
         self._gw = gateway
+        self.gateway = gateway
         self._map = objmap
         self._readonly = readonly
         self._guard = threading.Lock()
