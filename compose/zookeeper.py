@@ -33,15 +33,34 @@ MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 JVM_FLAGS = ("-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that was free a moment ago (bind to port 0 and close).
+PORT_BASE = 20000          # below Linux's ephemeral range (32768-60999 by default)
+PORT_BLOCK = 1500         # ports per pytest-xdist worker (8 blocks fit below 32768)
+_port_cursor: dict[str, int] = {}
 
-    There is a small race with other processes picking the same port; good enough
-    for tests and the local launcher.
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now, for a server about to bind it.
+
+    Taken outside the kernel's ephemeral range, so no outgoing connection can grab it
+    between this call and the bind, and from a block of its own per pytest-xdist worker
+    (``PYTEST_XDIST_WORKER``), so parallel test processes never pick the same one.
+    Within a process ports are handed out in turn, each checked by binding it.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) + 1 if worker[2:].isdigit() else 0
+    start = PORT_BASE + (index % 8) * PORT_BLOCK
+    cursor = _port_cursor.get(host, start + (os.getpid() % PORT_BLOCK))
+    for _ in range(PORT_BLOCK):
+        port = start + (cursor - start) % PORT_BLOCK
+        cursor = port + 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _port_cursor[host] = cursor
+        return port
+    raise RuntimeError(f"no free port in {start}..{start + PORT_BLOCK - 1}")
 
 
 def four_letter_word(host: str, port: int, word: str, timeout_s: float = 1.0) -> str:

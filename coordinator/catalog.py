@@ -24,7 +24,7 @@ from kazoo.exceptions import (BadVersionError, ConnectionClosedError, Connection
                               SessionExpiredError)
 
 from coordinator.layout import Layout, decode, encode, parse_vid
-from sheep.errors import AlreadyExists, NotFound, Unavailable
+from sheep.errors import AlreadyExists, InvalidRequest, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,33 @@ def zk_unavailable(what: str):
         raise Unavailable(f"ZooKeeper unavailable during {what}: {e.__class__.__name__}") from e
 
 
+def read_vid_znodes(client, parent: str, path_of) -> list[tuple[int, bytes]]:
+    """(vid, data) of every vid-named child of ``parent``, ascending by vid.
+
+    The reads are pipelined (one round trip for all of them, not one each);
+    children that vanish meanwhile are skipped, foreign names ignored.
+    """
+    try:
+        children = client.get_children(parent)
+    except NoNodeError:
+        return []
+    vids = []
+    for name in children:
+        try:
+            vids.append(parse_vid(name))
+        except InvalidRequest:
+            log.warning("ignoring foreign znode %s/%s", parent, name)
+    pending = [(vid, client.get_async(path_of(vid))) for vid in sorted(vids)]
+    out = []
+    for vid, result in pending:
+        try:
+            data, _ = result.get()
+        except NoNodeError:
+            continue
+        out.append((vid, data))
+    return out
+
+
 class Catalog:
     """CRUD on ``/vdis/<vid hex>`` with CAS semantics; thread/greenlet safe (stateless)."""
 
@@ -51,23 +78,8 @@ class Catalog:
         """Every entry, ascending by vid; each has ``"vid"`` (int). Entries deleted between
         the listing and the read are skipped."""
         with zk_unavailable("catalog list"):
-            try:
-                children = self._client.get_children(self._layout.vdis)
-            except NoNodeError:
-                return []
-            out = []
-            for name in sorted(children):
-                try:
-                    vid = parse_vid(name)
-                except Exception:
-                    log.warning("catalog: ignoring foreign znode %s/%s", self._layout.vdis, name)
-                    continue
-                try:
-                    data, _ = self._client.get(self._layout.vdi(vid))
-                except NoNodeError:
-                    continue
-                out.append(self._entry(vid, data))
-            return out
+            return [self._entry(vid, data) for vid, data in
+                    read_vid_znodes(self._client, self._layout.vdis, self._layout.vdi)]
 
     def get(self, vid: int) -> dict:
         """The entry of ``vid``; NotFound when there is none."""

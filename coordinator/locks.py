@@ -20,8 +20,8 @@ import time
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
-from coordinator.catalog import zk_unavailable
-from coordinator.layout import Layout, decode, encode, parse_vid
+from coordinator.catalog import read_vid_znodes, zk_unavailable
+from coordinator.layout import Layout, decode, encode
 from sheep.errors import Locked, NotFound
 
 log = logging.getLogger(__name__)
@@ -90,20 +90,9 @@ class VdiLocks:
     def list(self) -> list[dict]:
         """Every held lock's value, ascending by vid."""
         with zk_unavailable("lock list"):
-            try:
-                children = self._client.get_children(self._layout.locks)
-            except NoNodeError:
-                return []
-            out = []
-            for name in sorted(children):
-                try:
-                    vid = parse_vid(name)
-                except Exception:
-                    continue
-                value = self._read(vid)
-                if value is not None:
-                    out.append(value)
-            return out
+            return [decode(data) for _vid, data in
+                    read_vid_znodes(self._client, self._layout.locks, self._layout.lock)
+                    if data]
 
     def get(self, vid: int) -> dict | None:
         """The lock's value, or None when the VDI is not locked."""

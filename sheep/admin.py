@@ -152,3 +152,29 @@ class AdminServer:
 
     def stop(self) -> None:
         self._server.stop(timeout=1)
+
+
+def volume_range_response(req: Request, volume, entry: dict, what: str) -> Response:
+    """Stream ``?offset=&length=`` of a volume (default: to its end) in DATA_CHUNK pieces.
+
+    The range is checked, and the first chunk read, before any header goes out, so an
+    error still becomes a proper status.  ``what`` names the thing in the error.
+    """
+    size = entry["size"]
+    offset = req.int_query("offset", 0)
+    length = req.int_query("length", None)
+    if length is None:
+        length = max(0, size - offset)
+    if offset < 0 or length < 0 or offset + length > size:
+        raise E.OutOfRange(f"read of {length} bytes at {offset} is past the end of {what} "
+                           f"({size} bytes)")
+    first = volume.read(offset, min(length, DATA_CHUNK))
+
+    def chunks():
+        yield first
+        pos = offset + len(first)
+        while pos < offset + length:
+            n = min(DATA_CHUNK, offset + length - pos)
+            yield volume.read(pos, n)
+            pos += n
+    return Response(chunks=chunks(), length=length)

@@ -5,8 +5,8 @@ import logging
 
 import gevent
 
-from sheep.admin import DATA_CHUNK, Request, Response, Router
-from sheep.errors import InvalidRequest, OutOfRange, SheepError
+from sheep.admin import Request, Response, Router, volume_range_response
+from sheep.errors import InvalidRequest, SheepError
 from sheep import routes_recovery, routes_volumes
 from sheep.metrics import render_metrics
 
@@ -128,24 +128,8 @@ class _Api:
     def vdi_read(self, req: Request):
         vdis = self.sheep.vdis
         entry = vdis.working(req.params["name"])
-        offset = req.int_query("offset", 0)
-        length = req.int_query("length", None)
-        if length is None:
-            length = max(0, entry["size"] - offset)
-        if offset < 0 or length < 0 or offset + length > entry["size"]:
-            raise OutOfRange(f"read of {length} bytes at {offset} is past the end of VDI "
-                             f"'{entry['name']}' ({entry['size']} bytes)")
-        volume = vdis.open_volume(entry, readonly=True)
-        first = volume.read(offset, min(length, DATA_CHUNK))  # errors before the headers
-
-        def chunks():
-            yield first
-            pos = offset + len(first)
-            while pos < offset + length:
-                n = min(DATA_CHUNK, offset + length - pos)
-                yield volume.read(pos, n)
-                pos += n
-        return Response(chunks=chunks(), length=length)
+        return volume_range_response(req, vdis.open_volume(entry, readonly=True), entry,
+                                     f"VDI '{entry['name']}'")
 
     def vdi_write(self, req: Request):
         name = req.params["name"]

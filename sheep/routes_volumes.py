@@ -14,8 +14,8 @@ VDI's lock (`sheep.snapshots`); clients leave it out.
 """
 from __future__ import annotations
 
-from sheep.admin import DATA_CHUNK, Request, Response, Router
-from sheep.errors import InvalidRequest, OutOfRange
+from sheep.admin import Request, Response, Router, volume_range_response
+from sheep.errors import InvalidRequest
 from sheep.snapshots import MAX_HOPS, SnapshotService
 
 
@@ -74,21 +74,5 @@ class _VolumeApi:
     def snapshot_read(self, req: Request):
         vdis = self.sheep.vdis
         entry = vdis.snapshot(req.params["name"], req.params["tag"])
-        offset = req.int_query("offset", 0)
-        length = req.int_query("length", None)
-        if length is None:
-            length = max(0, entry["size"] - offset)
-        if offset < 0 or length < 0 or offset + length > entry["size"]:
-            raise OutOfRange(f"read of {length} bytes at {offset} is past the end of snapshot "
-                             f"'{req.params['tag']}' of VDI '{entry['name']}'")
-        volume = vdis.open_volume(entry, readonly=True)
-        first = volume.read(offset, min(length, DATA_CHUNK))
-
-        def chunks():
-            yield first
-            pos = offset + len(first)
-            while pos < offset + length:
-                n = min(DATA_CHUNK, offset + length - pos)
-                yield volume.read(pos, n)
-                pos += n
-        return Response(chunks=chunks(), length=length)
+        return volume_range_response(req, vdis.open_volume(entry, readonly=True), entry,
+                                     f"snapshot '{req.params['tag']}' of VDI '{entry['name']}'")

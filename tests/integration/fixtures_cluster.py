@@ -21,8 +21,11 @@ from compose.local_cluster import LocalCluster
 COLLIE = shutil.which("collie")
 
 
-def poll(pred, timeout: float = 30.0, what: str = "condition", interval: float = 0.05):
-    """Call ``pred()`` until it returns something truthy; AssertionError after ``timeout``."""
+def poll(pred, timeout: float = 30.0, what: str = "condition", interval: float = 0.05,
+         tolerate: tuple = ()):
+    """Call ``pred()`` until it returns something truthy; AssertionError after ``timeout``.
+
+    Connection, lookup and parse errors (plus ``tolerate``) count as "not yet"."""
     deadline = time.monotonic() + timeout
     last_exc = None
     while time.monotonic() < deadline:
@@ -30,7 +33,7 @@ def poll(pred, timeout: float = 30.0, what: str = "condition", interval: float =
             value = pred()
             if value:
                 return value
-        except (requests.RequestException, OSError, KeyError, ValueError) as exc:
+        except (requests.RequestException, OSError, KeyError, ValueError, *tolerate) as exc:
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}"

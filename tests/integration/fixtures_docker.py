@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.integration.fixtures_cluster import poll as cluster_poll
+
 try:
     import docker
     from docker.errors import APIError, DockerException, NotFound
@@ -57,20 +59,8 @@ TEST_ENV = {
 
 
 def poll(pred, timeout: float = 30.0, what: str = "condition", interval: float = 0.1):
-    """Call ``pred()`` until it returns something truthy; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while time.monotonic() < deadline:
-        try:
-            value = pred()
-            if value:
-                return value
-        except (requests.RequestException, OSError, KeyError, ValueError, TypeError,
-                APIError) as exc:
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
-                         + (f" (last error: {last_exc!r})" if last_exc else ""))
+    """`fixtures_cluster.poll`, also waiting through Docker API errors."""
+    return cluster_poll(pred, timeout, what, interval, tolerate=(TypeError, APIError))
 
 
 def docker_client():

@@ -2,34 +2,22 @@
 from __future__ import annotations
 
 import json
-import random
-import socket
 import subprocess
 import sys
 
 import requests
 
-from compose.zookeeper import pid_alive
+from compose.zookeeper import free_port, pid_alive
 from tests.integration.fixtures_cluster import poll
 
 
 def free_block(count: int) -> int:
     """A base port such that base..base+count-1 are all free right now."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
-        socks = []
-        try:
-            for p in range(base, base + count):
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
+    for _ in range(50):
+        ports = [free_port() for _ in range(count)]   # handed out in turn
+        if ports == list(range(ports[0], ports[0] + count)):
+            return ports[0]
+    raise RuntimeError("no block of free ports")
 
 
 def launcher(*args, check=True):
