@@ -24,7 +24,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from nbd_frontend.export import HOLE, ZERO
-from sheep.errors import Fenced, Unavailable
+from sheep.errors import Fenced, Locked, Unavailable
 from sheep.gateway import SessionBoundGateway
 from vdi.volume import Volume
 
@@ -178,7 +178,11 @@ class VdiExportProvider:
         vid = entry["vid"]
         # read before the lock is taken: a session lost in between makes writes fail, safely
         bound = SessionBoundGateway(self.vdis.gateway, self.session_generation())
-        self.locks.acquire(vid, self.node_id, client_addr)
+        try:
+            self.locks.acquire(vid, self.node_id, client_addr)
+        except Locked as exc:
+            raise Locked(f"VDI '{entry['name']}' is attached elsewhere: {exc.message}",
+                         **exc.data) from None
         try:
             volume = self.vdis.open_volume(entry, gateway=bound)
         except BaseException:

@@ -32,11 +32,13 @@ def qemu_io(node, name, *cmds, check=True):
     return run("qemu-io", "-f", "raw", uri(node, name), *args, check=check)
 
 
-def assert_refused(res, holder) -> None:
-    """qemu-io could not attach and shows the server's message naming the holder."""
+def assert_refused(res, holder, name: str | None = None) -> None:
+    """qemu-io could not attach and shows the server's message naming the holder (and VDI)."""
     err = res.stderr.decode(errors="replace")
     assert res.returncode != 0, res.stdout
     assert "server reported" in err and "is locked by node " + holder.node_id in err, err
+    if name is not None:
+        assert f"VDI '{name}' is attached elsewhere" in err, err
 
 
 def test_second_attacher_refused_then_admitted_and_unlock_drops_the_holder(cluster):
@@ -60,7 +62,7 @@ def test_second_attacher_refused_then_admitted_and_unlock_drops_the_holder(clust
         assert t0 - 1 <= lk["since"] <= time.time() + 1
 
         # a second attacher is refused in the handshake, through another node or the same one
-        assert_refused(qemu_io(b, "shared", "read 0 512", check=False), a)
+        assert_refused(qemu_io(b, "shared", "read 0 512", check=False), a, "shared")
         assert_refused(qemu_io(a, "shared", "read 0 512", check=False), a)
         assert first.must("pread", offset=0, length=4096)["bytes"] == [0x61]
 
