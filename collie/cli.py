@@ -220,11 +220,14 @@ def cmd_vdi_resize(client, args) -> int:
 def cmd_vdi_read(client, args) -> int:
     """Copy [OFFSET, OFFSET+LENGTH) of the VDI (default: to its end) to stdout, 4 MiB-aligned chunks."""
     offset, length = args.offset or 0, args.length
+    size = int(client.get(vdi_path(args.name))["size"])
     if length is None:
-        size = int(client.get(vdi_path(args.name))["size"])
         if offset > size:
             raise CollieError(f"offset {offset} is beyond the end of vdi '{args.name}' ({size} bytes)")
         length = size - offset
+    elif offset + length > size:   # refuse before streaming anything
+        raise CollieError(f"read of {length} bytes at {offset} is past the end of vdi "
+                          f"'{args.name}' ({size} bytes)")
     out = sys.stdout.buffer
     progress = Progress.for_transfer(length, sys.stderr, enabled=not args.json)
     pos, end = offset, offset + length
@@ -484,6 +487,9 @@ def main(argv=None, client_factory=AdminClient) -> int:
             traceback.print_exc()
         _fail(err.message)
         return err.exit_code
+    except UsageError as err:          # a combination of arguments a command refuses
+        _fail(str(err))
+        return Exit.USAGE
     except BrokenPipeError:
         try:  # keep the interpreter's final flush from complaining about the closed pipe again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -6,7 +6,7 @@ import logging
 import gevent
 
 from sheep.admin import Request, Response, Router, volume_range_response
-from sheep.errors import InvalidRequest, SheepError
+from sheep.errors import InvalidRequest, NotFound, SheepError
 from sheep import routes_recovery, routes_volumes
 from sheep.metrics import render_metrics
 
@@ -150,7 +150,11 @@ class _Api:
 
     def lock_break(self, req: Request):
         entry = self.sheep.vdis.working(req.params["name"])
-        return {"broken": self.sheep.locks.break_lock(entry["vid"]), "name": entry["name"]}
+        try:
+            broken = self.sheep.locks.break_lock(entry["vid"])
+        except NotFound:
+            raise NotFound(f"VDI '{entry['name']}' is not locked") from None
+        return {"broken": broken, "name": entry["name"]}
 
     def metrics(self, req: Request):
         return Response(render_metrics(self.sheep), content_type="text/plain; version=0.0.4")

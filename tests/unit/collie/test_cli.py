@@ -219,7 +219,21 @@ def test_vdi_read_range(capsysbinary):
     fake = FakeClient(disk=b"abcdefgh" * 1024)
     assert cli.cmd_vdi_read(fake, cmd(["vdi", "read", "test", "8", "4k"])) == 0
     assert capsysbinary.readouterr().out == (b"abcdefgh" * 1024)[8:8 + 4096]
-    assert [c[0] for c in fake.calls] == ["GET"]  # the size is not needed when LENGTH is given
+    assert [c[0] for c in fake.calls] == ["GET", "GET"]  # the size, then the one chunk
+
+
+def test_vdi_read_range_past_end_fails_before_streaming(capsysbinary):
+    fake = FakeClient(disk=b"x" * 4096)
+    code = cli.main(["vdi", "read", "test", "4000", "200"], client_factory=lambda a, p: fake)
+    assert code == 1
+    captured = capsysbinary.readouterr()
+    assert captured.out == b"" and b"past the end" in captured.err
+    assert len(fake.calls) == 1      # only the size was asked for
+
+
+def test_set_throttle_without_a_limit_is_a_usage_error(capsys):
+    code, out, err = run(["node", "recovery", "set-throttle"], FakeClient(), capsys)
+    assert code == 64 and "set-throttle" in one_line(err)
 
 
 def test_vdi_read_offset_past_end_fails(capsys):
