@@ -40,12 +40,13 @@ class SheepProcess:
     zone: str = ""
     addr: str = "127.0.0.1"
     extra_args: list[str] = field(default_factory=list)
+    log_dir: Path | None = None   # default: the store dir's parent (set it when that is a mount)
     pid: int | None = None
     _proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def log_path(self) -> Path:
-        return self.dir.parent / f"sheep{self.index}.log"
+        return (self.log_dir or self.dir.parent) / f"sheep{self.index}.log"
 
     @property
     def node_id(self) -> str:
@@ -65,6 +66,7 @@ class SheepProcess:
 
     def start(self) -> "SheepProcess":
         self.dir.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT,

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import time
 
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
 from coordinator.catalog import zk_unavailable
-from coordinator.layout import decode, encode
+from coordinator.layout import decode, encode, epoch_numbers
 from sheep.errors import AlreadyExists, InvalidRequest, NotReady
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,20 @@ log = logging.getLogger(__name__)
 CLUSTER_STATES = ("running", "shutdown", "waiting")
 COPIES_RANGE = (1, 31)
 BLOCK_SIZE_SHIFT_RANGE = (20, 26)
+
+
+def prunable_marker_epochs(present: list[int], complete_epoch: int) -> list[int]:
+    """The recovery marker epochs that may be deleted once ``complete_epoch`` is complete.
+
+    ``complete_epoch`` must have a marker from every member and the caller's stale area
+    purged up to it.  Every older marker directory is then dead: each member of the
+    complete epoch is past the older ones (their purge waiters have ended, and the purge
+    of ``stale/<=complete_epoch>`` covered them), and a node that was not a member comes
+    back in a newer epoch whose own completion purges its stale area.  The complete
+    epoch's own markers stay (other members may still be reading them to purge), and so
+    do newer ones.
+    """
+    return sorted(e for e in present if e < complete_epoch)
 
 
 class ClusterStateMixin:
@@ -125,6 +139,31 @@ class ClusterStateMixin:
                                    encode({"finished": time.time()}), makepath=True)
             except NodeExistsError:
                 pass
+
+    def prune_recovery_markers(self, complete_epoch: int) -> list[int]:
+        """Delete ``/recovery/<e>`` subtrees for every e < ``complete_epoch`` (see
+        `prunable_marker_epochs`); returns the epochs deleted.  Every node calls this after
+        its own purge, so concurrent deletes of the same subtree are expected and harmless;
+        a marker recreated meanwhile by a late node leaves its directory to the next prune.
+        """
+        removed = []
+        with zk_unavailable("recovery markers cleanup"):
+            try:
+                children = self.client.get_children(self.layout.recovery)
+            except NoNodeError:
+                return removed
+            for epoch in prunable_marker_epochs(epoch_numbers(children), complete_epoch):
+                try:
+                    self.client.delete(self.layout.recovery_epoch(epoch), recursive=True)
+                except NoNodeError:
+                    pass
+                except NotEmptyError:
+                    continue
+                removed.append(epoch)
+        if removed:
+            log.info("recovery markers of epochs %s..%s deleted (epoch %d complete)",
+                     removed[0], removed[-1], complete_epoch)
+        return removed
 
     def recovered(self, epoch: int, watch=None) -> set[str]:
         """The node ids that finished recovering ``epoch``."""

@@ -10,7 +10,10 @@ object the one with the highest epoch is the newest.  On each new epoch a pass
 the whole object (raw payload, never msgpack) from a holder of the newest copy
 unless the local copy is already that new.  Pulls run a few at a time, paced by
 a `Throttle` (objects/s, bytes/s; settable at run time, cluster-wide through
-``/cluster``).
+``/cluster``).  Each pull is counted when it starts, so the pool cannot burst
+past an objects/s limit; a wait for the throttle wakes up as soon as the limit
+changes (or the epoch, or recovery is disabled), so raising the limit takes
+effect at once, not after the wait computed under the old one.
 
 Carrying on.  A pass that a newer epoch overtakes stops after the pulls in
 flight; the next pass lists again, and everything already pulled compares
@@ -33,10 +36,12 @@ after its fetch and before it installs a copy, so a pull never overwrites a
 newer client write.
 
 Stopping.  A pull that would eat into the store's free-space reserve raises
-`NoSpace`: the pass stops with state ``stopped`` and that message, and starts
-again on the next epoch or ``collie cluster recover enable``.  ``collie
-cluster recover disable`` pauses passes cluster-wide (``ensure`` still serves
-clients correctly).
+`NoSpace`: the pass stops after the pulls in flight with state ``stopped`` and
+an error that says so (``RECOVERY STOPPED: ...``, also in the log), and starts
+again on the next epoch or ``collie cluster recover enable`` (any write of
+``/cluster`` with recovery enabled retries a stopped pass; it stops again at
+once if the space is still missing).  ``collie cluster recover disable`` pauses
+passes cluster-wide (``ensure`` still serves clients correctly).
 """
 from __future__ import annotations
 
@@ -83,6 +88,7 @@ class Recovery:
         self._verified: dict[int, int] = {}   # oid -> epoch it was checked current for
         self._inflight: dict[int, Event] = {}
         self._wakeup = Event()
+        self._pacing = Event()            # set when a throttle wait must look again
         self._worker: gevent.Greenlet | None = None
         self.progress = {"epoch": 0, "state": "idle", "total": 0, "done": 0, "checked": 0,
                          "pulled": 0, "bytes": 0, "started": 0.0, "finished": 0.0,
@@ -102,19 +108,24 @@ class Recovery:
     def kick(self) -> None:
         """A new epoch arrived (or recovery was enabled): start (or restart) a pass."""
         self._wakeup.set()
+        self._pacing.set()
 
     def set_limits(self, limits: Limits) -> None:
         if limits != self.throttle.limits:
             log.info("recovery throttle objects_per_s=%s bytes_per_s=%s",
                      limits.objects_per_s, limits.bytes_per_s)
             self.throttle.set(limits)
+            self._pacing.set()
 
     def set_enabled(self, enabled: bool) -> None:
         if enabled == self.enabled:
+            if enabled and self.progress["state"] == "stopped":
+                self.kick()   # 'collie cluster recover enable' retries a stopped pass
             return
         self.enabled = enabled
         self.progress["enabled"] = enabled
         log.warning("recovery %s", "enabled" if enabled else "disabled")
+        self._pacing.set()
         if enabled:
             self.kick()
 
@@ -140,9 +151,10 @@ class Recovery:
             try:
                 self.run_once(view)
             except NoSpace as exc:
-                self.progress.update(state="stopped", error=exc.message)
-                log.error("epoch=%d RECOVERY STOPPED: %s (free space, then 'collie cluster "
-                          "recover enable' or a new epoch resumes it)", view.epoch, exc.message)
+                message = (f"RECOVERY STOPPED: {exc.message} (free space, then 'collie cluster "
+                           "recover enable' or a new epoch resumes it)")
+                self.progress.update(state="stopped", error=message)
+                log.error("epoch=%d %s", view.epoch, message)
             except SheepError as exc:
                 self.progress.update(state="retrying", error=exc.message)
                 log.warning("epoch=%d recovery pass failed: %s; retrying", view.epoch, exc)
@@ -168,14 +180,12 @@ class Recovery:
         pool = Pool(self._parallel)
         failures: list[BaseException] = []
         for oid, (newest, sources) in sorted(wanted.items()):
-            delay = self.throttle.delay(0)
-            if delay > 0:
-                gevent.sleep(delay)
+            self._pace(view)
             pool.wait_available()
             if self.epochs.epoch != view.epoch or not self.enabled or failures:
                 break
-            job = pool.spawn(self._recover, oid, newest, sources, view)
-            job.link_exception(lambda g: failures.append(g.exception))
+            self.throttle.start()
+            pool.spawn(self._background, failures, oid, newest, sources, view)
         pool.join()
         if failures:
             raise failures[0]
@@ -186,6 +196,23 @@ class Recovery:
             return p
         self._finish(view)
         return p
+
+    def _background(self, failures: list, oid: int, newest: int, sources: list[Member],
+                    view: EpochView) -> None:
+        """One pull of the pass; a failure stops the pass (kept, not printed by gevent)."""
+        try:
+            self._recover(oid, newest, sources, view)
+        except Exception as exc:
+            failures.append(exc)
+
+    def _pace(self, view: EpochView) -> None:
+        """Wait until the throttle lets one more pull start (or the pass must stop)."""
+        while self.epochs.epoch == view.epoch and self.enabled:
+            delay = self.throttle.delay(0)
+            if delay <= 0:
+                return
+            self._pacing.clear()
+            self._pacing.wait(min(delay, 1.0))
 
     def _finish(self, view: EpochView) -> None:
         p = self.progress
@@ -285,10 +312,7 @@ class Recovery:
             log.debug("oid=%016x pulled epoch=%d from %s (%d bytes)", oid, epoch, m.node_id,
                       nbytes)
             if background:
-                self.throttle.record(nbytes)
-                delay = self.throttle.delay(0)
-                if delay > 0:
-                    gevent.sleep(delay)
+                self.throttle.moved(nbytes)
             return
         if last is not None:
             raise last

@@ -14,6 +14,11 @@ member of epoch N has its marker, every placed replica holds the newest copy of
 everything, and each node deletes ``stale/<=N``.  A newer epoch arriving first
 simply hands the job on: its completion purges everything up to it.
 
+After its purge the node deletes the marker directories of every epoch older than
+N (``prune_recovery_markers``; see `coordinator.cluster_state.prunable_marker_epochs`
+for why that is safe), so ``/recovery`` keeps only the newest complete epoch and
+any newer ones instead of growing with every epoch.
+
 A stale copy is never served as current to a client: client I/O reads and
 writes only ``obj/``; stale copies are only a source for recovery.
 """
@@ -72,7 +77,8 @@ def fetch_any(store: ObjectStore, oid: int) -> tuple[int, bytes]:
 
 class StaleJanitor:
     """Moves unplaced copies aside after a pass and purges them once the epoch is done
-    everywhere.  ``markers`` is the coordinator (``mark_recovered``, ``recovered``)."""
+    everywhere.  ``markers`` is the coordinator (``mark_recovered``, ``recovered``,
+    ``prune_recovery_markers``)."""
 
     def __init__(self, store: ObjectStore, markers, io: Callable) -> None:
         self.store = store
@@ -120,5 +126,9 @@ class StaleJanitor:
             if members <= done:
                 n = self._io(self.store.purge_stale, epoch)
                 log.info("epoch=%d recovered on every member; %d stale dirs purged", epoch, n)
+                try:
+                    self.markers.prune_recovery_markers(epoch)
+                except Exception as exc:   # only housekeeping: the next epoch retries
+                    log.info("epoch=%d old recovery markers not deleted: %s", epoch, exc)
                 return
             changed.wait(5.0)

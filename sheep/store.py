@@ -55,6 +55,7 @@ EPOCH_XATTR = "user.sheep.epoch"
 OID_LIMIT = 1 << 64
 SPACE_CHECK_INTERVAL_S = 0.5
 SPACE_CHECK_BYTES = 64 << 20
+SPACE_UNIT = 4096   # filesystems allocate whole blocks: a 520-byte inode costs 4 KiB
 NOWAIT = getattr(os, "RWF_NOWAIT", 0)   # Linux >= 4.14 for reads
 
 
@@ -111,6 +112,11 @@ class ObjectStore:
         # since; see _check_space.
         self._space: tuple[float, int] = (float("-inf"), 0)
         self._written_since_check = 0
+        # Bytes of writes that passed the check and have not finished: statvfs may not
+        # see them yet, so a fresh reading subtracts them (else N writes in flight in
+        # the pool could each pass on the same reading and eat into the reserve).
+        self._pending = 0
+        self._space_lock = threading.Lock()
         self._clean_tmp()
         self._scan()
 
@@ -160,26 +166,37 @@ class ObjectStore:
         SPACE_CHECK_BYTES written; in between, free space is estimated as the
         last reading minus the bytes written since (overwrites make this
         pessimistic, so a refusal is always confirmed by a fresh statvfs).
-        The counters are racy estimates on purpose: no locks.
+        A write that passes is pending until ``_release_space``; a fresh reading
+        subtracts the pending bytes.  One short lock (the statvfs runs under it
+        at most every SPACE_CHECK_INTERVAL_S).
         """
-        checked_at, free = self._space
-        written = self._written_since_check + nbytes
-        self._written_since_check = written
-        now = self._clock()
-        stale = (now - checked_at >= SPACE_CHECK_INTERVAL_S
-                 or written >= SPACE_CHECK_BYTES)
-        if not stale and free - written >= self.reserve_bytes:
-            return
-        free = self._refresh_space(now)
-        if free - nbytes < self.reserve_bytes:
-            raise NoSpace(
-                f"store {self.root}: {free} bytes free, writing {nbytes} would "
-                f"drop below the reserve of {self.reserve_bytes}",
-                free_bytes=free, reserve_bytes=self.reserve_bytes)
+        nbytes = -(-nbytes // SPACE_UNIT) * SPACE_UNIT
+        with self._space_lock:
+            checked_at, free = self._space
+            written = self._written_since_check + nbytes
+            now = self._clock()
+            stale = (now - checked_at >= SPACE_CHECK_INTERVAL_S
+                     or written >= SPACE_CHECK_BYTES)
+            if stale or free - written < self.reserve_bytes:
+                free = self._refresh_space(now)
+                written = nbytes    # this write is not in the fresh reading: count it
+                if free - nbytes < self.reserve_bytes:
+                    raise NoSpace(
+                        f"store {self.root}: {free} bytes free, writing {nbytes} would "
+                        f"drop below the reserve of {self.reserve_bytes}",
+                        free_bytes=free, reserve_bytes=self.reserve_bytes)
+            self._written_since_check = written
+            self._pending += nbytes
+
+    def _release_space(self, nbytes: int) -> None:
+        """A write that passed `_check_space` finished (or failed)."""
+        with self._space_lock:
+            self._pending -= -(-nbytes // SPACE_UNIT) * SPACE_UNIT
 
     def _refresh_space(self, now: float) -> int:
+        """Free bytes now, less the writes in flight (call with ``_space_lock`` held)."""
         st = os.statvfs(self.root)
-        free = st.f_bavail * st.f_frsize
+        free = st.f_bavail * st.f_frsize - self._pending
         self._written_since_check = 0
         self._space = (now, free)
         return free
@@ -269,6 +286,8 @@ class ObjectStore:
                 raise NoSpace(f"store {self.root}: {exc.strerror} writing oid={oid:016x}",
                               oid=oid) from None
             raise
+        finally:
+            self._release_space(view.nbytes)
 
     def _write_existing(self, oid: int, offset: int, view: memoryview, epoch: int) -> bool:
         try:
@@ -330,6 +349,12 @@ class ObjectStore:
         view = memoryview(data).cast("B")
         self._check_range(oid, 0, view.nbytes)
         self._check_space(view.nbytes)
+        try:
+            self._replace_checked(oid, view, epoch)
+        finally:
+            self._release_space(view.nbytes)
+
+    def _replace_checked(self, oid: int, view: memoryview, epoch: int) -> None:
         tmp = os.path.join(self._tmp, f"{oid_name(oid)}.{os.getpid()}."
                                       f"{threading.get_ident()}.{next(self._tmp_counter)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

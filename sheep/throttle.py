@@ -6,6 +6,12 @@ the totals since ``reset()`` stay within both limits.  It never sleeps itself
 (the recovery executor does), which keeps it deterministic under test.
 Limits change at run time with ``set()``; 0 means unlimited.
 
+With transfers running in parallel, an object is counted when its transfer
+*starts* (``start()``) and its bytes when they have moved (``moved()``): so a
+pool of N workers cannot burst N objects past an objects/s limit (the bytes of
+the transfers in flight can overshoot a bytes/s limit by at most N objects).
+``record(nbytes)`` is both at once.
+
 `RateMeter` measures what was actually moved (objects/s and bytes/s over the
 pass), for ``collie node recovery``.
 """
@@ -65,10 +71,18 @@ class Throttle:
             due = max(due, self._bytes / lim.bytes_per_s)
         return max(0.0, due - elapsed)
 
+    def start(self) -> None:
+        """One more object transfer starts (counts against objects/s)."""
+        self._objects += 1
+
+    def moved(self, nbytes: int) -> None:
+        """``nbytes`` were moved (count against bytes/s)."""
+        self._bytes += nbytes
+
     def record(self, nbytes: int) -> None:
         """One object of ``nbytes`` was moved."""
-        self._objects += 1
-        self._bytes += nbytes
+        self.start()
+        self.moved(nbytes)
 
 
 class RateMeter:
