@@ -30,7 +30,6 @@ import logging
 import socket
 
 import gevent
-from gevent.lock import Semaphore
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
@@ -40,11 +39,11 @@ from nbd_frontend.handshake import (CLOSED, Aborted, ExportRequest, ListRequest,
                                     ServerHandshake)
 from nbd_frontend.protocol import NEED_DATA, NbdProtocolError, Request, RequestParser
 from sheep.errors import SheepError
+from sheep.framing import BufferWriter
 
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024
-SMALL_PAYLOAD = 16 * 1024       # read replies up to this size go out in one send
 
 
 class NbdServer:
@@ -140,7 +139,7 @@ class _Connection:
         self.export_name: str | None = None
         self.revoked = False
         self.closing = False
-        self._wlock = Semaphore()
+        self._writer = BufferWriter(sock, on_error=self._send_failed)
         self._tx: p.Transmission | None = None
         self._fua_by_export = True
 
@@ -160,6 +159,8 @@ class _Connection:
         except Exception:
             log.exception("nbd client %s export=%s: unexpected error", self.peer, self.export_name)
         finally:
+            if not self.revoked:
+                self._writer.drain()   # replies of the last requests (e.g. before DISC)
             self._close_socket()
             if self.export is not None:
                 try:
@@ -192,20 +193,23 @@ class _Connection:
             pass
 
     def _send(self, header: bytes, payload=None) -> None:
-        """One whole reply, atomically.  A small payload rides in the header's
-        send; a large one is sent from its own buffer, never copied."""
-        if payload is not None and len(payload) <= SMALL_PAYLOAD:
-            header, payload = header + payload, None
-        with self._wlock:
-            if self.closing:
-                return
-            try:
-                self.sock.sendall(header)
-                if payload is not None:
-                    self.sock.sendall(payload)
-            except OSError as exc:
-                log.debug("nbd client %s: send failed: %s", self.peer, exc)
-                self.shutdown("send failed")
+        """Queue one whole reply (header, then the payload buffer as it is, never copied).
+
+        Replies finished during one turn of the event loop leave in one ``sendmsg``;
+        a failed write shuts the connection down."""
+        if self.closing:
+            return
+        try:
+            if payload is None:
+                self._writer.send(header)
+            else:
+                self._writer.send(header, payload)
+        except OSError as exc:
+            self._send_failed(exc)
+
+    def _send_failed(self, exc: BaseException) -> None:
+        log.debug("nbd client %s: send failed: %s", self.peer, exc)
+        self.shutdown("send failed")
 
     # -- handshake --------------------------------------------------------------------
     def _handshake(self) -> tuple[Ready | None, bytes]:

@@ -106,7 +106,9 @@ class Sheep:
 
     def _open_store(self) -> None:
         max_bytes = max(1 << MAX_BLOCK_SIZE_SHIFT, objects.inode_object_bytes(objects.MAX_INDEXES))
-        self.store = ObjectStore(self.config.dir, max_bytes, self.config.reserve_bytes)
+        os_lock = monkey.get_original("threading", "Lock")  # for the store's OS threads
+        self.store = ObjectStore(self.config.dir, max_bytes, self.config.reserve_bytes,
+                                 space_lock=os_lock())
         coord = self.coordinator
         self.replica = Replica(self.store, self.epochs, is_fenced=lambda: coord.fenced,
                                wait_unfenced=coord.wait_unfenced,
@@ -213,6 +215,10 @@ def _setup_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     _setup_logging(config.log_level)
+    # A SheepError ending a greenlet or a pool task is an answer its caller handles
+    # (a replica that is down, a full disk), not a crash: no traceback in the log.
+    hub = gevent.get_hub()
+    hub.NOT_ERROR = (*hub.NOT_ERROR, SheepError)
     try:
         node = Sheep(config)
         node.start()

@@ -12,6 +12,7 @@ is one syscall per frame as before; at depth 16 it is one for many.
 from __future__ import annotations
 
 import socket
+import time
 
 import gevent
 
@@ -72,29 +73,36 @@ class FrameReader:
         return wire.Frame(header, payload)
 
 
-class FrameWriter:
-    """Coalescing writer for one socket.  `send` never blocks the caller.
+class BufferWriter:
+    """Coalescing writer for one socket: `send` queues whole messages (lists of buffers,
+    never copied) and never blocks; everything queued during one turn of the event
+    loop goes out with a single ``sendmsg``.
 
-    A failed write closes the socket; the connection's reader then fails, and
-    whoever waits for replies learns of it there.
+    A failed write closes the socket and calls ``on_error`` (if given); the
+    connection's reader then fails too, and whoever waits for replies learns it there.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, on_error=None) -> None:
         self._sock = sock
         self._queue: list = []
         self._scheduled = False
+        self._on_error = on_error
         self.error: BaseException | None = None
 
-    def send(self, header: dict, payload=b"") -> None:
+    def send(self, *buffers) -> None:
         if self.error is not None:
             raise ConnectionError(f"connection failed: {self.error}")
-        nbytes = memoryview(payload).nbytes
-        self._queue.append(wire.encode_prefix_and_header(header, nbytes))
-        if nbytes:
-            self._queue.append(payload)
+        self._queue.extend(b for b in buffers if memoryview(b).nbytes)
         if not self._scheduled:
             self._scheduled = True
             gevent.spawn(self._flush)
+
+    def drain(self, timeout_s: float = 5.0) -> None:
+        """Until everything queued is written (or the write failed, or time is up)."""
+        deadline = time.monotonic() + timeout_s
+        while (self._queue or self._scheduled) and self.error is None \
+                and time.monotonic() < deadline:
+            gevent.sleep(0.001)
 
     def _flush(self) -> None:
         try:
@@ -108,8 +116,18 @@ class FrameWriter:
                 self._sock.close()
             except OSError:
                 pass
+            if self._on_error is not None:
+                self._on_error(exc)
         finally:
             self._scheduled = False
+
+
+class FrameWriter(BufferWriter):
+    """`BufferWriter` of peer frames: prefix+header bytes, then the payload as given."""
+
+    def send(self, header: dict, payload=b"") -> None:
+        nbytes = memoryview(payload).nbytes
+        super().send(wire.encode_prefix_and_header(header, nbytes), payload)
 
 
 def _sendmsg_all(sock: socket.socket, buffers: list) -> None:

@@ -91,7 +91,7 @@ class ObjectStore:
 
     def __init__(self, root: pathlib.Path, max_object_bytes: int,
                  reserve_bytes: int = 64 << 20,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, space_lock=None) -> None:
         self.root = pathlib.Path(root)
         self.max_object_bytes = max_object_bytes
         self.reserve_bytes = reserve_bytes
@@ -116,7 +116,9 @@ class ObjectStore:
         # see them yet, so a fresh reading subtracts them (else N writes in flight in
         # the pool could each pass on the same reading and eat into the reserve).
         self._pending = 0
-        self._space_lock = threading.Lock()
+        # Several OS threads take this lock: the daemon passes a real OS lock (gevent's
+        # monkey-patched threading.Lock is a greenlet lock, slow across threads).
+        self._space_lock = space_lock if space_lock is not None else threading.Lock()
         self._clean_tmp()
         self._scan()
 

@@ -10,7 +10,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 ALLOWED = {
     "collie": set(),
     "vdi": {"sheep.errors", "sheep.wire", "coordinator.ring"},
-    "nbd_frontend": {"sheep.errors", "vdi"},
+    "nbd_frontend": {"sheep.errors", "sheep.framing", "vdi"},   # framing: socket transport
     "coordinator": {"sheep.errors"},
     "sheep": {"coordinator", "vdi", "nbd_frontend"},
     "compose": set(),
