@@ -21,6 +21,7 @@ from gevent.lock import Semaphore
 from sheep.epoch import EpochState
 from sheep.errors import Fenced, InvalidRequest, NewEpoch, NoObject, OldEpoch
 from sheep.store import ObjectStore
+from sheep.write_batcher import WriteBatcher
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Replica:
         self._epoch_wait_s = epoch_wait_s
         self._flush_lock = Semaphore()
         self._pool = gevent.get_hub().threadpool
+        self._writes = WriteBatcher(store.write, self._io)
         self._pool.maxsize = max(self._pool.maxsize, io_threads)
 
     # -- checks ------------------------------------------------------------
@@ -97,7 +99,7 @@ class Replica:
         self.check_writable(wait_s=self._epoch_wait_s)
         self.check_epoch(epoch)
         self._ensure_current(oid)
-        self._io(self.store.write, oid, offset, data, epoch, create)
+        self._writes.write(oid, offset, data, epoch, create)
 
     def remove(self, epoch: int, oid: int) -> None:
         self.check_writable(wait_s=self._epoch_wait_s)
