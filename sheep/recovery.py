@@ -50,6 +50,7 @@ import time
 from typing import Callable
 
 import gevent
+import msgpack
 from gevent.event import Event
 from gevent.pool import Pool
 
@@ -59,8 +60,6 @@ from sheep.errors import NoObject, NoSpace, SheepError
 from sheep.replica import Replica, unpack_object_list
 from sheep.stale import StaleJanitor, epoch_any, fetch_any, list_all
 from sheep.throttle import Limits, RateMeter, Throttle
-
-import msgpack
 
 log = logging.getLogger(__name__)
 
