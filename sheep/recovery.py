@@ -56,7 +56,7 @@ from gevent.pool import Pool
 
 from coordinator.ring import Member
 from sheep.epoch import EpochState, EpochView
-from sheep.errors import NoObject, NoSpace, SheepError
+from sheep.errors import NoObject, NoSpace, SheepError, Unavailable
 from sheep.replica import Replica, unpack_object_list
 from sheep.stale import StaleJanitor, epoch_any, fetch_any, list_all
 from sheep.throttle import Limits, RateMeter, Throttle
@@ -241,14 +241,12 @@ class Recovery:
         jobs = {m: gevent.spawn(self._call, m, {"op": "list_all", "epoch": view.epoch})
                 for m in view.members}
         gevent.joinall(list(jobs.values()))
-        lists = {}
-        for m, job in jobs.items():
-            if job.exception is not None:
-                log.info("epoch=%d recovery: no object list from %s: %s", view.epoch,
-                         m.node_id, job.exception)
-                continue
-            lists[m] = unpack_object_list(job.value[1])
-        return lists
+        missing = [m.node_id for m, job in jobs.items() if job.exception is not None]
+        if missing:
+            # A member's copies could be the only newest ones: no pass may finish without
+            # them.  The loop retries; until then `ensure` keeps serving requests safely.
+            raise Unavailable(f"no object list from {', '.join(missing)} at epoch {view.epoch}")
+        return {m: unpack_object_list(job.value[1]) for m, job in jobs.items()}
 
     def _wanted(self, view: EpochView, lists: dict[Member, dict[int, int]]):
         """oid -> (newest epoch, members holding it) for objects placed here and not current."""

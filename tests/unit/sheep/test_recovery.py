@@ -7,7 +7,7 @@ import pytest
 from coordinator.cluster import same_members
 from coordinator.ring import Member
 from sheep.epoch import EpochState, EpochView
-from sheep.errors import NotReady, Shutdown
+from sheep.errors import NotReady, Shutdown, Unavailable
 from sheep.lifecycle import Lifecycle
 from sheep.recovery import Recovery
 from sheep.replica import Replica
@@ -121,3 +121,32 @@ def test_pass_pulls_newest_copies_and_a_new_epoch_carries_on(tmp_path):
     for oid in range(1, 9):
         assert stores["n0"].read(oid, 0, 100) == bytes([oid]) * 100
         assert stores["n0"].epoch_of(oid) == 3
+
+
+def test_a_pass_without_every_members_list_does_not_finish(tmp_path):
+    me, other = member(0), member(1)
+    stores = {m.node_id: ObjectStore(tmp_path / m.node_id, 1 << 20, reserve_bytes=0)
+              for m in (me, other)}
+    stores["n1"].write(1, 0, b"newest", epoch=3, create=True)
+    epochs = EpochState()
+    epochs.update(EpochView(4, (me, other), __import__("coordinator.ring").ring.Ring([me, other])))
+    replica = Replica(stores["n0"], epochs, is_fenced=lambda: False)
+    fake = FakeCluster(stores)
+    rec = Recovery("n0", replica, fake.call, epochs, copies_of=lambda oid: 2, parallel=1)
+
+    # node 1 cannot be asked for its list: its copy might be the only newest one
+    reachable = fake.call
+
+    def call(m, header):
+        if m.node_id == "n1" and header["op"] == "list_all":
+            raise Unavailable("connection refused")
+        return reachable(m, header)
+    rec._call = call
+    with pytest.raises(Unavailable):
+        rec.run_once(epochs.view)
+    assert rec.done_epoch == 0 and not stores["n0"].exists(1)
+
+    # once it answers, the pass pulls the newest copy and finishes
+    rec._call = reachable
+    assert rec.run_once(epochs.view)["state"] == "complete"
+    assert stores["n0"].read(1, 0, 6) == b"newest" and rec.done_epoch == 4
