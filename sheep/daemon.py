@@ -25,7 +25,7 @@ from sheep.admin_routes import build_router  # noqa: E402
 from sheep.check import Checker  # noqa: E402
 from sheep.config import SheepConfig, parse_args  # noqa: E402
 from sheep.epoch import EpochState, EpochView  # noqa: E402
-from sheep.errors import SheepError, StoreMismatch  # noqa: E402
+from sheep.errors import NotReady, SheepError, StoreMismatch  # noqa: E402
 from nbd_frontend.server import NbdServer  # noqa: E402
 from sheep.gateway import Gateway  # noqa: E402
 from sheep.lifecycle import Lifecycle  # noqa: E402
@@ -201,7 +201,6 @@ class Sheep:
 
     def _handle_peer(self, header: dict, payload):
         if self.replica is None:
-            from sheep.errors import NotReady
             raise NotReady("node has no store yet")
         return self.replica.handle(header, payload)
 

@@ -7,6 +7,7 @@ ends that connection only.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Callable
 
 from gevent.pool import Pool
@@ -45,7 +46,6 @@ class PeerServer:
                 pass
 
     def _serve(self, sock, address) -> None:
-        import socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._conns.add(sock)
         writer = FrameWriter(sock)

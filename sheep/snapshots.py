@@ -34,6 +34,7 @@ import requests
 
 from sheep import errors as E
 from sheep.errors import AlreadyExists, InvalidRequest, Locked, NotFound, Unavailable
+from sheep.vdis import validate_name
 from vdi import family
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,6 @@ class SnapshotService:
             self.vdis.working(src)       # NotFound first when src does not exist at all
             raise InvalidRequest(f"only snapshots can be cloned: '{src}' is a working VDI; "
                                  "give the snapshot tag or id (-s)")
-        from sheep.vdis import validate_name
         validate_name(dst)
         snap = self.vdis.snapshot(src, str(tag))
         if family.working_of(self.vdis.all_entries(), dst) is not None:
