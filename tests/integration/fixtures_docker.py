@@ -143,6 +143,19 @@ class ComposeCluster:
                 + [v.name for v in self.client.volumes.list(filters={"label": label})])
 
     # -- containers ----------------------------------------------------------------------
+    def pause(self, service: str) -> None:
+        """`docker pause`, retried while the cgroup freezer cannot freeze yet (a process in
+        uninterruptible I/O makes runc answer "unable to freeze"); any other error is raised."""
+        def paused():
+            try:
+                self.container(service).pause()
+                return True
+            except APIError as exc:
+                if "unable to freeze" not in str(exc):
+                    raise
+                return False
+        poll(paused, 30, f"{service} paused")
+
     def container(self, service: str):
         found = self.client.containers.list(all=True, filters={"label": [
             f"com.docker.compose.project={self.project}",

@@ -164,7 +164,7 @@ def test_pause_past_the_session_timeout(compose_cluster: ComposeCluster):
     c.wait_full_redundancy(objects_for(size))
 
     left_at = time.time()
-    c.container("sheep3").pause()
+    c.pause("sheep3")
     try:
         c.wait_members("sheep1", [IDS["sheep1"], IDS["sheep2"]], timeout=30)
         out_epoch = c.node("sheep1")["epoch"]
