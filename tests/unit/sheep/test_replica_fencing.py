@@ -1,0 +1,102 @@
+"""Replica.check_writable: writes wait while the session is in doubt, and never outlive it."""
+from __future__ import annotations
+
+import pytest
+
+from sheep.epoch import EpochState
+from sheep.errors import Fenced
+from sheep.gateway import SessionBoundGateway
+from sheep.replica import Replica
+from sheep.store import ObjectStore
+
+
+class Session:
+    """A coordinator's fencing state, driven by the test."""
+
+    def __init__(self):
+        self.fenced = False
+        self.generation = 7
+        self.waited = []
+        self.comes_back = True      # what a wait ends with: session confirmed or not
+        self.lost_while_waiting = False
+
+    def wait_unfenced(self, timeout_s):
+        self.waited.append(timeout_s)
+        if self.comes_back:
+            self.fenced = False
+            if self.lost_while_waiting:     # came back, but with a new session
+                self.generation += 1
+        return self.comes_back
+
+
+@pytest.fixture
+def session_and_replica(tmp_path):
+    s = Session()
+    r = Replica(ObjectStore(tmp_path, 1 << 20), EpochState(), is_fenced=lambda: s.fenced,
+                wait_unfenced=s.wait_unfenced, session_generation=lambda: s.generation)
+    return s, r
+
+
+def test_not_fenced_passes_without_waiting(session_and_replica):
+    s, r = session_and_replica
+    r.check_writable(generation=7, wait_s=5)
+    assert s.waited == []
+
+
+def test_fenced_without_a_wait_is_refused_at_once(session_and_replica):
+    s, r = session_and_replica
+    s.fenced = True
+    with pytest.raises(Fenced):
+        r.check_writable()
+    assert s.waited == []
+
+
+def test_a_session_kept_lets_the_held_write_go_on(session_and_replica):
+    s, r = session_and_replica
+    s.fenced = True
+    r.check_writable(generation=7, wait_s=5)
+    assert s.waited == [5]
+
+
+def test_a_session_that_never_comes_back_refuses(session_and_replica):
+    s, r = session_and_replica
+    s.fenced, s.comes_back = True, False
+    with pytest.raises(Fenced):
+        r.check_writable(generation=7, wait_s=5)
+
+
+def test_a_new_session_refuses_writes_bound_to_the_old_one(session_and_replica):
+    s, r = session_and_replica
+    s.fenced, s.lost_while_waiting = True, True
+    with pytest.raises(Fenced, match="lock is gone"):
+        r.check_writable(generation=7, wait_s=5)
+    r.check_writable(wait_s=5)              # unbound writes (admin, recovery) may go on
+
+
+class RecordingGateway:
+    def __init__(self):
+        self.calls = []
+
+    def write(self, *args, **kw):
+        self.calls.append(("write", args, kw))
+
+    def remove(self, *args, **kw):
+        self.calls.append(("remove", args, kw))
+
+    def read(self, *args):
+        return b"r"
+
+    def flush(self):
+        self.calls.append(("flush", (), {}))
+
+
+def test_session_bound_gateway_passes_its_generation_on_every_mutation():
+    gw = RecordingGateway()
+    bound = SessionBoundGateway(gw, generation=3)
+    bound.write(1, 0, b"x", 2, create=True)
+    bound.remove(1, 2)
+    bound.flush()
+    assert bound.read(1, 0, 1, 2) == b"r"
+    assert gw.calls == [("write", (1, 0, b"x", 2, True), {"generation": 3}),
+                        ("remove", (1, 2), {"generation": 3}),
+                        ("flush", (), {})]
