@@ -60,7 +60,6 @@ class Volume:
         self.object_size = object_size
         self.copies = copies
         self._gw = gateway
-        self.gateway = gateway
         self._map = objmap
         self._readonly = readonly
         self._guard = threading.Lock()
@@ -91,6 +90,11 @@ class Volume:
     @property
     def vid(self) -> int:
         return self._vid
+
+    @property
+    def gateway(self):
+        """The gateway this volume does its I/O through."""
+        return self._gw
 
     @property
     def size(self) -> int:
