@@ -147,8 +147,11 @@ def cmd_cluster_check(client, args) -> int:
 
 
 def _check_exit(answer: dict) -> int:
-    """1 when problems remain (reported only, failed repairs, or lost objects)."""
-    remaining = int(answer.get("problems") or 0) - int(answer.get("repaired") or 0)
+    """1 when problems remain (reported only, failed repairs, no majority, lost objects)."""
+    if "unrepaired" in answer:
+        remaining = int(answer.get("unrepaired") or 0)
+    else:   # an older sheep
+        remaining = int(answer.get("problems") or 0) - int(answer.get("repaired") or 0)
     return Exit.FAILURE if remaining > 0 or answer.get("lost") else Exit.OK
 
 

@@ -289,4 +289,6 @@ def _check_details(answer: dict) -> str:
 def render_check_report(what: str, answer: dict) -> str:
     """``POST /cluster/check`` -> one summary line plus one line per problem copy."""
     return (f"{what} checked: {answer.get('objects', 0)} objects, {answer.get('problems', 0)} problems, "
-            f"{answer.get('repaired', 0)} repaired, {answer.get('lost', 0)} lost" + _check_details(answer))
+            f"{answer.get('repaired', 0)} repaired, {answer.get('lost', 0)} lost"
+            + (f", {answer['no_majority']} without a majority" if answer.get("no_majority") else "")
+            + _check_details(answer))

@@ -160,12 +160,15 @@ class Coordinator(ClusterStateMixin):
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def start(self, timeout_s: float = 30) -> None:
+    def start(self, timeout_s: float = 30, admit=None) -> None:
         """Connect, register, contend for leadership and follow epochs; idempotent.
 
-        Returns once the member znode exists and the newest epoch (if any) was delivered.
-        Unavailable when ZooKeeper cannot be reached in time; AlreadyExists when another
-        live session keeps ``/members/<node_id>`` for longer than ``timeout_s``.
+        ``admit(cluster_value)`` runs after connecting and *before* registering, with the
+        ``/cluster`` value (None when unformatted); whatever it raises stops the start, so a
+        node that must not join (a store formatted for another cluster) never becomes a
+        member.  Returns once the member znode exists and the newest epoch (if any) was
+        delivered.  Unavailable when ZooKeeper cannot be reached in time; AlreadyExists when
+        another live session keeps ``/members/<node_id>`` for longer than ``timeout_s``.
         """
         if self._started:
             return
@@ -181,6 +184,8 @@ class Coordinator(ClusterStateMixin):
             with zk_unavailable("start"):
                 for path in self.layout.base_paths():
                     self.client.ensure_path(path)
+                if admit is not None:
+                    admit(self.cluster_format())
                 self._register(deadline)
         except BaseException:
             self._shutdown_client()

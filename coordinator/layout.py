@@ -11,7 +11,10 @@ znode                              kind        value (JSON)
 ``/epochs/<%010d>``                persistent  {"epoch", "members": [member dicts], "created"}
 ``/leader``                        election    kazoo Election children (``<uuid>__lock__<seq>``)
 ``/vdis/<vid as 6 hex digits>``    persistent  catalog entry (defined by the caller)
-``/locks/<vid as 6 hex digits>``   ephemeral   {"vid", "node_id", "client", "since"}
+``/locks/<vid as 6 hex digits>``   ephemeral   {"vid", "node_id", "client", "since", "generation"}
+``/generations/<vid 6 hex>``       persistent  {"generation", "clean", "holder", "since"}: the VDI's
+                                               lock generation (fencing token) and whether
+                                               its last holder let go cleanly
 ``/recovery/<%010d>/<node_id>``    persistent  recovery-done marker of a node for an epoch
 =================================  ==========  =================================================
 
@@ -152,6 +155,13 @@ class Layout:
         return f"{self.locks}/{vid_name(vid)}"
 
     @property
+    def generations(self) -> str:
+        return f"{self.root}/generations"
+
+    def generation(self, vid: int) -> str:
+        return f"{self.generations}/{vid_name(vid)}"
+
+    @property
     def recovery(self) -> str:
         return f"{self.root}/recovery"
 
@@ -163,4 +173,5 @@ class Layout:
 
     def base_paths(self) -> tuple[str, ...]:
         """The persistent directories ``Coordinator.start`` makes sure exist."""
-        return (self.root, self.members, self.epochs, self.leader, self.vdis, self.locks, self.recovery)
+        return (self.root, self.members, self.epochs, self.leader, self.vdis, self.locks,
+                self.generations, self.recovery)

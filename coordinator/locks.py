@@ -2,11 +2,17 @@
 
 Theory of operation
 -------------------
-* ``acquire`` is a plain ephemeral create: the create is the test-and-set, and the lock dies
+* ``acquire`` is an ephemeral create: the create is the test-and-set, and the lock dies
   with the holder's ZooKeeper session (node crash, partition longer than the session
   timeout), so a dead node never keeps a VDI locked.
-* The value says who holds it and for whom: ``{"vid", "node_id", "client", "since"}``.
-  A refused acquire raises ``Locked`` whose message names the holder, its client address and
+* The value says who holds it and for whom: ``{"vid", "node_id", "client", "since",
+  "generation"}``.
+* Generations (fencing tokens): ``/generations/<vid hex>`` (persistent) holds the VDI's
+  lock generation, bumped in the same transaction as every acquisition and every break,
+  and ``clean``: whether the last holder released it with every write on every replica.
+  Every mutation of the VDI's objects carries its writer's generation and replicas refuse
+  older ones (`sheep.generations`).
+* A refused acquire raises ``Locked`` whose message names the holder, its client address and
   since when, so the NBD handshake can pass it to the user verbatim.
 * An operator breaks a lock with ``break_lock`` (``collie vdi lock unlock``).  The holder
   learns of it through ``watch``: ``on_gone(vid)`` runs once, in a new greenlet, when *that*
@@ -40,52 +46,97 @@ class VdiLocks:
         self._client = client
         self._layout = Layout(cluster)
 
+    # -- generations --------------------------------------------------------------------
+    def _read_generation(self, vid: int) -> tuple[dict, int | None]:
+        """(value, znode version or None when it does not exist yet)."""
+        try:
+            data, stat = self._client.get(self._layout.generation(vid))
+        except NoNodeError:
+            return {"generation": 0, "clean": True}, None
+        return decode(data) or {"generation": 0, "clean": True}, stat.version
+
+    def generation(self, vid: int) -> int:
+        """The VDI's current lock generation (0 before its first acquisition)."""
+        with zk_unavailable("generation read"):
+            return int(self._read_generation(vid)[0].get("generation", 0))
+
+    def _set_generation(self, txn, vid: int, value: dict, version: int | None) -> None:
+        path = self._layout.generation(vid)
+        if version is None:
+            txn.create(path, encode(value))
+        else:
+            txn.set_data(path, encode(value), version=version)
+
+    # -- the lock -----------------------------------------------------------------------
     def acquire(self, vid: int, node_id: str, client_addr: str) -> dict:
         """Take the lock for ``node_id`` serving ``client_addr`` and return its value.
+
+        One ZooKeeper transaction creates the ephemeral lock and bumps the VDI's
+        generation (marking it not clean), so every holder has a generation of its own,
+        higher than every earlier one.  The value has ``generation`` and
+        ``previous_clean`` (False when the last holder vanished without `release`-ing
+        cleanly: its writes may have reached some replicas only).
 
         Raises Locked (data: holder, client, since, vid) when anyone holds it, including
         this node for another client: a VDI has a single attacher.
         """
         path = self._layout.lock(vid)
-        value = {"vid": vid, "node_id": node_id, "client": client_addr, "since": time.time()}
         with zk_unavailable("lock acquire"):
-            try:
-                self._client.create(path, encode(value), ephemeral=True, makepath=True)
-            except NodeExistsError:
-                holder = self._read(vid)
-                if holder is None:      # released in between: one more try, then give up
-                    try:
-                        self._client.create(path, encode(value), ephemeral=True, makepath=True)
-                    except NodeExistsError:
-                        holder = self._read(vid) or {}
-                    else:
-                        holder = None
-                if holder is not None:
+            for _attempt in range(20):
+                previous, version = self._read_generation(vid)
+                generation = int(previous.get("generation", 0)) + 1
+                now = time.time()
+                value = {"vid": vid, "node_id": node_id, "client": client_addr, "since": now,
+                         "generation": generation}
+                txn = self._client.transaction()
+                txn.create(path, encode(value), ephemeral=True)
+                self._set_generation(txn, vid, {"generation": generation, "clean": False,
+                                                "holder": node_id, "since": now}, version)
+                results = txn.commit()
+                if not _failed(results):
+                    log.info("lock: acquired vid=%06x node=%s client=%s generation=%d", vid,
+                             node_id, client_addr, generation)
+                    return {**value, "previous_clean": bool(previous.get("clean", True))}
+                if isinstance(results[0], NodeExistsError):
+                    holder = self._read(vid)
+                    if holder is None:
+                        continue            # released in between: try again
                     raise Locked(
                         f"VDI {vid:06x} is locked by node {holder.get('node_id')} for client "
                         f"{holder.get('client')} since {_since_text(holder.get('since'))}",
                         vid=vid, holder=holder.get("node_id"), client=holder.get("client"),
-                        since=holder.get("since")) from None
-        log.info("lock: acquired vid=%06x node=%s client=%s", vid, node_id, client_addr)
-        return value
+                        since=holder.get("since"))
+                # the generation changed meanwhile (a break, another acquisition): again
+        raise Locked(f"VDI {vid:06x}: lock contended too long", vid=vid)
 
-    def release(self, vid: int, node_id: str) -> bool:
+    def release(self, vid: int, node_id: str, clean: bool = True) -> bool:
         """Delete the lock if ``node_id`` holds it; True when deleted, False when it was not ours
-        (or not there)."""
+        (or not there).  ``clean``: every write of this holder reached every replica (nothing
+        for the next holder to resynchronise)."""
         path = self._layout.lock(vid)
         with zk_unavailable("lock release"):
-            try:
-                data, stat = self._client.get(path)
-            except NoNodeError:
-                return False
-            if (decode(data) or {}).get("node_id") != node_id:
-                return False
-            try:
-                self._client.delete(path, version=stat.version)
-            except (NoNodeError, BadVersionError):
-                return False
-        log.info("lock: released vid=%06x node=%s", vid, node_id)
-        return True
+            for _attempt in range(20):
+                try:
+                    data, stat = self._client.get(path)
+                except NoNodeError:
+                    return False
+                lock = decode(data) or {}
+                if lock.get("node_id") != node_id:
+                    return False
+                previous, version = self._read_generation(vid)
+                txn = self._client.transaction()
+                txn.delete(path, version=stat.version)
+                if clean and version is not None and \
+                        previous.get("generation") == lock.get("generation"):
+                    self._set_generation(txn, vid, {**previous, "clean": True}, version)
+                results = txn.commit()
+                if not _failed(results):
+                    log.info("lock: released vid=%06x node=%s generation=%s clean=%s", vid,
+                             node_id, lock.get("generation"), clean)
+                    return True
+                if isinstance(results[0], (NoNodeError, BadVersionError)):
+                    return False
+        return False
 
     def list(self) -> list[dict]:
         """Every held lock's value, ascending by vid."""
@@ -100,18 +151,30 @@ class VdiLocks:
             return self._read(vid)
 
     def break_lock(self, vid: int) -> dict:
-        """Delete the lock whoever holds it and return the value it had; NotFound when unlocked."""
+        """Delete the lock whoever holds it and bump the VDI's generation (the holder's late
+        writes are then refused); returns the value it had plus the new ``generation``.
+        NotFound when unlocked."""
         path = self._layout.lock(vid)
         with zk_unavailable("lock break"):
-            try:
-                data, _ = self._client.get(path)
-                self._client.delete(path)
-            except NoNodeError:
-                raise NotFound(f"VDI {vid:06x} is not locked", vid=vid) from None
+            for _attempt in range(20):
+                try:
+                    data, stat = self._client.get(path)
+                except NoNodeError:
+                    raise NotFound(f"VDI {vid:06x} is not locked", vid=vid) from None
+                previous, version = self._read_generation(vid)
+                generation = int(previous.get("generation", 0)) + 1
+                txn = self._client.transaction()
+                txn.delete(path, version=stat.version)
+                self._set_generation(txn, vid, {"generation": generation, "clean": False,
+                                                "holder": None, "since": time.time()}, version)
+                if not _failed(txn.commit()):
+                    break
+            else:
+                raise Locked(f"VDI {vid:06x}: lock kept changing; not broken", vid=vid)
         value = decode(data) or {"vid": vid}
-        log.warning("lock: broken vid=%06x holder=%s client=%s", vid, value.get("node_id"),
-                    value.get("client"))
-        return value
+        log.warning("lock: broken vid=%06x holder=%s client=%s; generation now %d", vid,
+                    value.get("node_id"), value.get("client"), generation)
+        return {**value, "new_generation": generation}
 
     def watch(self, vid: int, on_gone) -> None:
         """Call ``on_gone(vid)`` once, in a new greenlet, when the lock znode that exists now
@@ -145,3 +208,7 @@ class VdiLocks:
         except NoNodeError:
             return None
         return decode(data)
+
+
+def _failed(results) -> bool:
+    return any(isinstance(r, Exception) for r in results)

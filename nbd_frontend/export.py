@@ -83,6 +83,7 @@ ERRNO_TABLE: dict[type, int] = {
     errors.NoSpace: p.ENOSPC,
     errors.ReadOnly: p.EPERM,
     errors.Fenced: p.EPERM,
+    errors.StaleGeneration: p.EPERM,
     errors.Shutdown: p.ESHUTDOWN,
     errors.Unavailable: p.EIO,
     errors.SheepError: p.EIO,

@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: list[tuple[type, int]] = [
     (E.InvalidRequest, 400), (E.NotFound, 404), (E.AlreadyExists, 409), (E.Locked, 409),
+    (E.StaleGeneration, 409),
     (E.OutOfRange, 416), (E.ReadOnly, 423), (E.NotReady, 503), (E.Fenced, 503),
+    (E.Degraded, 503),
     (E.Unavailable, 503), (E.Shutdown, 503), (E.NoSpace, 507),
 ]
 REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405:

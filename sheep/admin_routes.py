@@ -154,6 +154,7 @@ class _Api:
             broken = self.sheep.locks.break_lock(entry["vid"])
         except NotFound:
             raise NotFound(f"VDI '{entry['name']}' is not locked") from None
+        self.sheep.vdis.fencing.after_break(entry["vid"], broken["new_generation"])
         return {"broken": broken, "name": entry["name"]}
 
     def metrics(self, req: Request):

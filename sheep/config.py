@@ -22,6 +22,7 @@ class SheepConfig:
     io_timeout_s: float = 60.0
     peer_timeout_s: float = 30.0
     reserve_bytes: int = 64 << 20
+    scrub_bytes_per_s: int = 4 << 20
     log_level: str = "INFO"
 
     @property
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a client I/O waits for a usable replica set (s)")
     p.add_argument("--reserve", type=int, default=64 << 20,
                    help="free bytes the store never writes into")
+    p.add_argument("--scrub-rate", type=int, default=4 << 20,
+                   help="bytes per second the background scrub verifies (0: off)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -65,8 +68,11 @@ def parse_args(argv: list[str] | None = None) -> SheepConfig:
             p.error(f"--{name.replace('_', '-')} must be a port number (0..65535)")
     if a.weight < 1:
         p.error("--weight must be at least 1")
+    if a.scrub_rate < 0:
+        p.error("--scrub-rate must be >= 0 (0: off)")
     return SheepConfig(dir=a.dir, zk_hosts=a.zk, cluster=a.cluster, addr=a.addr,
                        listen=a.listen, port=a.port, admin_port=a.admin_port,
                        nbd_port=a.nbd_port, zone=a.zone, weight=a.weight,
                        session_timeout_s=a.session_timeout, io_timeout_s=a.io_timeout,
-                       reserve_bytes=a.reserve, log_level=a.log_level.upper())
+                       reserve_bytes=a.reserve, scrub_bytes_per_s=a.scrub_rate,
+                       log_level=a.log_level.upper())

@@ -25,6 +25,7 @@ from sheep.admin_routes import build_router  # noqa: E402
 from sheep.check import Checker  # noqa: E402
 from sheep.config import SheepConfig, parse_args  # noqa: E402
 from sheep.epoch import EpochState, EpochView  # noqa: E402
+from sheep import objfile  # noqa: E402
 from sheep.errors import NotReady, SheepError, StoreMismatch  # noqa: E402
 from nbd_frontend.server import NbdServer  # noqa: E402
 from sheep.gateway import Gateway  # noqa: E402
@@ -33,6 +34,7 @@ from sheep.nbd_exports import VdiExportProvider  # noqa: E402
 from sheep.peer import PeerPool  # noqa: E402
 from sheep.recovery import Recovery  # noqa: E402
 from sheep.replica import Replica  # noqa: E402
+from sheep.scrub import Scrubber  # noqa: E402
 from sheep.server import PeerServer  # noqa: E402
 from sheep.stale import StaleJanitor  # noqa: E402
 from sheep.store import ObjectStore  # noqa: E402
@@ -55,7 +57,7 @@ class Sheep:
         self.stopped = Event()
         self.epochs = EpochState()
         self.peers = PeerPool()
-        self._copies_by_vid: dict[int, int] = {}
+        self.exit_code = 0
         self._fmt: dict | None = None
         self.store: ObjectStore | None = None
         self.peer_server = PeerServer(self._handle_peer, config.bind_addr, config.port)
@@ -77,23 +79,15 @@ class Sheep:
         self.gateway: Gateway | None = None
         self.recovery: Recovery | None = None
         self.checker: Checker | None = None
+        self.scrubber: Scrubber | None = None
         self.vdis: VdiService | None = None
         self.nbd = None
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
-        self.coordinator.start()
-        try:
-            fmt = self.coordinator.cluster_format()
-            if fmt:
-                self._bind(fmt)
-            elif self.storedir.cluster_name is not None:
-                raise StoreMismatch(f"store {self.config.dir} belongs to cluster "
-                                    f"'{self.storedir.cluster_name}', but cluster "
-                                    f"'{self.config.cluster}' is not formatted")
-        except SheepError:
-            self.coordinator.stop()
-            raise
+        # the store's identity is checked before this node registers: a store of another
+        # cluster must never become a member (no epoch, no recovery against it)
+        self.coordinator.start(admit=self._admit)
         self._open_store()
         self.peer_server.start()
         self.admin_server.start()
@@ -104,38 +98,65 @@ class Sheep:
                  self.config.cluster, self.config.addr, self.config.port,
                  self.config.admin_port, self.config.nbd_port)
 
+    def _admit(self, fmt: dict | None) -> None:
+        """May this store join the cluster whose ``/cluster`` value is ``fmt``?  Raises
+        StoreMismatch when it belongs to another one (before registering)."""
+        _off_loop(self.storedir.check_object_format, objfile.FORMAT)
+        if fmt:
+            self._bind(fmt)
+        elif self.storedir.cluster_name is not None:
+            raise StoreMismatch(f"store {self.config.dir} belongs to cluster "
+                                f"'{self.storedir.cluster_name}', but cluster "
+                                f"'{self.config.cluster}' is not formatted")
+
     def _open_store(self) -> None:
         max_bytes = max(1 << MAX_BLOCK_SIZE_SHIFT, objects.inode_object_bytes(objects.MAX_INDEXES))
         os_lock = monkey.get_original("threading", "Lock")  # for the store's OS threads
         self.store = ObjectStore(self.config.dir, max_bytes, self.config.reserve_bytes,
-                                 space_lock=os_lock())
+                                 lock_factory=os_lock)
         coord = self.coordinator
         self.replica = Replica(self.store, self.epochs, is_fenced=lambda: coord.fenced,
                                wait_unfenced=coord.wait_unfenced,
-                               session_generation=lambda: coord.session_generation)
+                               session_generation=lambda: coord.session_generation,
+                               generation_of=self.locks.generation)
+        self.replica.on_store_failed = self._store_failed
         self.gateway = Gateway(self.node_id, self.replica, self.peers, self.epochs,
                                io_timeout_s=self.config.io_timeout_s,
-                               peer_timeout_s=self.config.peer_timeout_s)
+                               peer_timeout_s=self.config.peer_timeout_s,
+                               min_copies=self._min_copies)
         self.replica.write_block = self.lifecycle.write_refusal
+        self.vdis = VdiService(self.catalog, self.gateway, self.cluster_format,
+                               locks=self.locks, node_id=self.node_id,
+                               session=lambda: coord.session_generation)
         janitor = StaleJanitor(self.store, self.coordinator, self.replica._io)
         self.recovery = Recovery(self.node_id, self.replica, self.gateway.call_member,
-                                 self.epochs, self._copies_of, janitor=janitor,
-                                 state_store=self.storedir)
+                                 self.epochs, self.vdis.liveness, janitor=janitor,
+                                 state_store=self.storedir, io_timeout_s=self.config.io_timeout_s)
         self.replica.recovery = self.recovery
         self.lifecycle.recovery = self.recovery
         self.lifecycle.apply_recovery()
-        self.checker = Checker(self.node_id, self.gateway, self.replica, self._copies_of)
+        self.checker = Checker(self.node_id, self.gateway)
+        self.scrubber = Scrubber(self.store, self.replica._io, self.gateway, self.epochs,
+                                 self.vdis, bytes_per_s=self.config.scrub_bytes_per_s)
         self.recovery.start()
-        self.vdis = VdiService(self.catalog, self.gateway, self.cluster_format,
-                               locks=self.locks, node_id=self.node_id)
-        self.exports = VdiExportProvider(self.vdis, self.locks, self.node_id,
-                                         session_generation=lambda: coord.session_generation)
+        self.scrubber.start()
+        self.exports = VdiExportProvider(self.vdis, self.locks, self.node_id)
         self.nbd = NbdServer(self.exports, self.config.bind_addr, self.config.nbd_port)
         self.exports.server = self.nbd
 
+    def _min_copies(self) -> int:
+        return int((self._fmt or {}).get("min_copies") or 1)
+
+    def _store_failed(self, why: str) -> None:
+        """The store lost writes it had acknowledged (a failed fsync): leave the cluster,
+        so the other replicas are the ones read and the leader re-replicates them."""
+        log.critical("node=%s store failed (%s): leaving the cluster", self.node_id, why)
+        self.exit_code = 1
+        self.stop()
+
     def _bind(self, fmt: dict) -> None:
         """Tie the store directory to this cluster's format (refuse a foreign one)."""
-        self.storedir.bind(self.config.cluster, fmt["created"])
+        _off_loop(self.storedir.bind, self.config.cluster, fmt["created"])
         self._fmt = fmt
 
     def cluster_format(self) -> dict | None:
@@ -157,11 +178,14 @@ class Sheep:
                 part.stop()
         if self.recovery is not None:
             self.recovery.stop()
+        if self.scrubber is not None:
+            self.scrubber.stop()
         self.coordinator.stop()
         self.peer_server.stop()
         self.peers.close()
         if self.store is not None:
-            self.store.flush()
+            if self.store.failed is None:
+                self.store.flush()
             self.store.close()
         self.stopped.set()
 
@@ -172,7 +196,7 @@ class Sheep:
             return
         view = EpochView.from_dict(epoch)
         old = self.epochs.view
-        self.storedir.set("epoch", view.epoch)
+        _off_loop(self.storedir.set, "epoch", view.epoch)   # an fsync
         if not self.epochs.update(view):
             return
         if old is not None:
@@ -186,23 +210,23 @@ class Sheep:
     def _on_fence(self) -> None:
         log.warning("node=%s fenced: ZooKeeper session suspended or lost; refusing writes",
                     self.node_id)
+        if self.replica is not None:
+            # generation broadcasts may be missed while the session is in doubt: look
+            # them up again before the next mutation of each VDI
+            self.replica.generations.clear()
 
     def _on_unfence(self) -> None:
         log.warning("node=%s unfenced: registered again", self.node_id)
-
-    def _copies_of(self, oid: int) -> int:
-        vid = objects.oid_vid(oid)
-        copies = self._copies_by_vid.get(vid)
-        if copies is None:
-            for e in self.catalog.list():
-                self._copies_by_vid[e["vid"]] = int(e["copies"])
-            copies = self._copies_by_vid.get(vid, int((self._fmt or {}).get("copies", 1)))
-        return copies
 
     def _handle_peer(self, header: dict, payload):
         if self.replica is None:
             raise NotReady("node has no store yet")
         return self.replica.handle(header, payload)
+
+
+def _off_loop(fn, *args):
+    """Run a blocking call (an fsync) in the thread pool, never on the event loop."""
+    return gevent.get_hub().threadpool.apply(fn, args)
 
 
 def _setup_logging(level: str) -> None:
@@ -231,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(node.stop))
     node.stopped.wait()
     log.info("node=%s stopped", node.node_id)
-    return 0
+    return node.exit_code
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ until a given epoch (or a newer one than they saw) arrives; the coordinator's
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -78,3 +79,46 @@ class EpochState:
 
 def _now() -> float:
     return time.monotonic()
+
+
+class InFlight:
+    """Mutations a replica has admitted and not finished, by the epoch they carry.
+
+    The barrier between epochs (DESIGN §5, recovery): a node answers recovery for epoch
+    ``e`` only after every mutation it admitted at an older epoch has finished, so the
+    object lists and copies it serves include every write acknowledged before ``e``.
+    Mutations of older epochs cannot start any more once the node is at ``e`` (they get
+    `OldEpoch`), so the wait is short.
+    """
+
+    def __init__(self) -> None:
+        self._count: dict[int, int] = {}
+        self._changed = Event()
+
+    @contextlib.contextmanager
+    def mutation(self, epoch: int):
+        self._count[epoch] = self._count.get(epoch, 0) + 1
+        try:
+            yield
+        finally:
+            n = self._count[epoch] - 1
+            if n:
+                self._count[epoch] = n
+            else:
+                del self._count[epoch]
+                changed, self._changed = self._changed, Event()
+                changed.set()
+
+    def older_than(self, epoch: int) -> int:
+        """How many admitted mutations carry an epoch older than ``epoch``."""
+        return sum(n for e, n in self._count.items() if e < epoch)
+
+    def wait_older_done(self, epoch: int, timeout_s: float) -> bool:
+        """Until no mutation older than ``epoch`` is in flight; False on timeout."""
+        deadline = _now() + timeout_s
+        while self.older_than(epoch):
+            remaining = deadline - _now()
+            if remaining <= 0:
+                return False
+            self._changed.wait(remaining)
+        return True

@@ -126,3 +126,19 @@ class StoreMismatch(SheepError):
 @_wire(17)
 class Shutdown(SheepError):
     """the node or cluster is shutting down"""
+
+
+@_wire(18)
+class Corrupt(SheepError):
+    """a copy's data fails its block checksums (data: oid, blocks)"""
+
+
+@_wire(19)
+class StaleGeneration(SheepError):
+    """the VDI's lock generation was superseded: a newer attacher holds it (data: vid,
+    generation, newest)"""
+
+
+@_wire(20)
+class Degraded(SheepError):
+    """fewer replicas available than the cluster's min_copies: writes are refused"""

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable
-
 from gevent.event import Event
 from gevent.lock import Semaphore
 
 from nbd_frontend.export import HOLE, ZERO
-from sheep.errors import Fenced, Locked, Unavailable
-from sheep.gateway import SessionBoundGateway
+from sheep.errors import Fenced, Locked, StaleGeneration, Unavailable
 from vdi.volume import Volume
 
 QUIESCE_TIMEOUT_S = 30.0
@@ -45,10 +42,11 @@ class VdiExport:
     handles_fua = True
 
     def __init__(self, name: str, entry: dict, volume, provider: "VdiExportProvider",
-                 locked: bool, client: str = "") -> None:
+                 locked: bool, client: str = "", writer=None) -> None:
         self.name = name
         self.entry = entry
         self.volume = volume
+        self.writer = writer        # VdiWriter of the lock this export holds, or None
         self.size = volume.size
         self.readonly = volume.readonly
         self.client = client
@@ -80,6 +78,10 @@ class VdiExport:
             volume = self.volume
             with self._provider.reclaimer.watching(volume, offset, length):
                 yield volume
+        except StaleGeneration:
+            # a newer holder took the VDI (our lock was broken or our session lost)
+            self._provider.revoke(self)
+            raise
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
@@ -136,12 +138,10 @@ class VdiExport:
 class VdiExportProvider:
     """ExportProvider over the VDI service and the lock table."""
 
-    def __init__(self, vdis, locks, node_id: str,
-                 session_generation: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, vdis, locks, node_id: str) -> None:
         self.vdis = vdis
         self.locks = locks
         self.node_id = node_id
-        self.session_generation = session_generation
         self.server = None                  # the NbdServer, set by the daemon
         self._attached: dict[int, VdiExport] = {}
 
@@ -176,19 +176,18 @@ class VdiExportProvider:
             return VdiExport(name, entry, self.vdis.open_volume(entry, readonly=True), self,
                              locked=False)
         vid = entry["vid"]
-        # read before the lock is taken: a session lost in between makes writes fail, safely
-        bound = SessionBoundGateway(self.vdis.gateway, self.session_generation())
         try:
-            self.locks.acquire(vid, self.node_id, client_addr)
+            writer = self.vdis.take(entry, client_addr)
         except Locked as exc:
             raise Locked(f"VDI '{entry['name']}' is attached elsewhere: {exc.message}",
                          **exc.data) from None
         try:
-            volume = self.vdis.open_volume(entry, gateway=bound)
+            volume = self.vdis.open_volume(entry, gateway=writer)
         except BaseException:
-            self.locks.release(vid, self.node_id)
+            self.vdis.give_back(writer)
             raise
-        export = VdiExport(name, entry, volume, self, locked=True, client=client_addr)
+        export = VdiExport(name, entry, volume, self, locked=True, client=client_addr,
+                           writer=writer)
         self._attached[vid] = export
         self.locks.watch(vid, lambda gone, e=export: self._revoke(e, gone))
         log.info("vdi=%s vid=%06x attached by %s", entry["name"], vid, client_addr)
@@ -208,32 +207,36 @@ class VdiExportProvider:
                 return None         # detached or already moved on: the caller looks again
             volume = export.volume
             objmap = volume.objmap.copy()
-            taken: list[int] = []
+            taken: list = []
 
             def lock_new(new: dict) -> None:
-                self.locks.acquire(new["vid"], self.node_id, export.client)
-                taken.append(new["vid"])
+                taken.append(self.vdis.take(new, export.client))
             try:
                 result = freeze(export.entry, tag, objmap, before_flip=lock_new)
             except BaseException:
-                for new_vid in taken:
-                    self.locks.release(new_vid, self.node_id)
+                for writer in taken:
+                    self.vdis.give_back(writer)
                 raise
             new = result["working"]
+            old_writer, export.writer = export.writer, taken[0]
             export.volume = Volume(new["vid"], volume.size, volume.object_size, volume.copies,
-                                   volume.gateway, objmap, readonly=False)
+                                   export.writer, objmap, readonly=False)
             export.entry = new
             self._attached.pop(vid, None)
             self._attached[new["vid"]] = export
         # the old lock's watch fires on release; _revoke ignores it (the export moved on)
         self.locks.watch(new["vid"], lambda gone, e=export: self._revoke(e, gone))
-        self.locks.release(vid, self.node_id)
+        self.vdis.give_back(old_writer)
         if export.closed:           # the client left during the snapshot
             self._attached.pop(new["vid"], None)
-            self.locks.release(new["vid"], self.node_id)
+            self.vdis.give_back(export.writer)
         log.info("vdi=%s live snapshot %r: export moved from vid=%06x to vid=%06x",
                  new["name"], tag, vid, new["vid"])
         return result
+
+    def revoke(self, export: VdiExport) -> None:
+        """The export lost the write right (a mutation was refused as stale): drop it."""
+        self._revoke(export, export.entry["vid"])
 
     def _revoke(self, export: VdiExport, vid: int | None = None) -> None:
         if vid is not None and export.entry["vid"] != vid:
@@ -254,7 +257,7 @@ class VdiExportProvider:
             del self._attached[vid]
             if not export.revoked:
                 try:
-                    self.locks.release(vid, self.node_id)
+                    self.vdis.give_back(export.writer)
                 except Exception as exc:  # the session may be gone: the znode went with it
                     log.info("vdi=%s lock release failed: %s", export.entry["name"], exc)
         log.info("vdi=%s detached", export.entry["name"])

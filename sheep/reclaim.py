@@ -120,9 +120,9 @@ class Reclaimer:
         return plan
 
     def _execute(self, plan: family.ReclaimPlan, by_vid: dict[int, dict]) -> None:
-        gw = self.vdis.gateway
         pool = Pool(REMOVE_CONCURRENCY)
         for vid, idxs in plan.free.items():
+            gw = self.vdis.unlocked_writer(vid)     # a deleted vid: nobody holds its lock
             copies = int(by_vid[vid]["copies"])
             jobs = [pool.spawn(gw.remove, objects.data_oid(vid, i), copies) for i in idxs]
             gevent.joinall(jobs, raise_error=True)
@@ -133,7 +133,8 @@ class Reclaimer:
                     break  # another node's pass dropped the inode already
             log.info("reclaim: vid=%06x freed %d objects", vid, len(idxs))
         for vid in plan.drop:
-            gw.remove(objects.inode_oid(vid), int(by_vid[vid]["copies"]))
+            self.vdis.unlocked_writer(vid).remove(objects.inode_oid(vid),
+                                                  int(by_vid[vid]["copies"]))
             try:
                 self.vdis.catalog.delete(vid)
             except NotFound:

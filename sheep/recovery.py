@@ -1,39 +1,53 @@
-"""Recovery: after every epoch change, hold the newest copy of each object placed here.
+"""Recovery: after every epoch change, hold the newest copy of each live object placed here.
 
 Theory of operation
 -------------------
-Every replica stamps an object with the epoch of its last write, and a write
-that missed a replica is resent in a later epoch, so among the copies of an
-object the one with the highest epoch is the newest.  On each new epoch a pass
-(`run_once`) lists the objects of every member (live and stale copies, see
-`sheep.stale`), and for each object that the new ring places on this node pulls
-the whole object (raw payload, never msgpack) from a holder of the newest copy
-unless the local copy is already that new.  Pulls run a few at a time, paced by
-a `Throttle` (objects/s, bytes/s; settable at run time, cluster-wide through
-``/cluster``).  Each pull is counted when it starts, so the pool cannot burst
-past an objects/s limit; a wait for the throttle wakes up as soon as the limit
-changes (or the epoch, or recovery is disabled), so raising the limit takes
-effect at once, not after the wait computed under the old one.
+Every copy carries a `Version` (epoch, lock generation, seq): a write that missed a
+replica is resent in a later epoch, so among the copies of an object the highest
+version has seen the latest write.  On each new epoch a pass (`run_once`):
 
-Carrying on.  A pass that a newer epoch overtakes stops after the pulls in
-flight; the next pass lists again, and everything already pulled compares
-equal and costs nothing, so ``total`` of the new pass counts only what is
-still missing: work carries on rather than restarting from zero.
+1. lists the objects of every member, live and stale copies (`sheep.stale`).  Each
+   member answers only once it is at this epoch and every mutation it admitted at an
+   older one has finished (the barrier, `Replica.recovery_barrier`), so the lists
+   hold every write acknowledged before the epoch, and no older-epoch write can
+   start anywhere afterwards.  Without every member's list no pass finishes: a
+   missing member's copy could be the only newest one;
+2. picks the objects that the new ring places here and that some member holds in a
+   newer version than this node;
+3. keeps only the *live* ones: the catalog and the inode maps (read after the
+   barrier) are the authority (`vdi.family.Liveness`).  A copy that no live VDI
+   references (trimmed, or its VDI deleted, while its node was away) is never
+   pulled or re-replicated, whatever its version.  An object that becomes
+   referenced later was written at the newer epoch by its allocation, straight to
+   the new placement (`vdi.volume`: the object is written again when its map entry
+   lands in a later epoch);
+4. pulls each from a holder of the newest copy (raw payload, verified against its
+   block checksums; a corrupt source is skipped for the next holder) and installs
+   it only if it is still newer than the local copy and than a removal seen here
+   meanwhile (tombstones), under the object's lock in the store.
 
-When the pass is complete, copies no longer placed here go to the stale area,
-the node records its ZooKeeper marker, and the stale area is purged once every
-member has finished (`StaleJanitor`).  ``done_epoch`` is kept in the store
-directory, so a restart into the same epoch (after ``collie cluster shutdown``)
-starts no recovery at all.
+Pulls run a few at a time, paced by a `Throttle` (objects/s, bytes/s; settable at
+run time, cluster-wide through ``/cluster``).  When the pass is complete, every
+pulled copy is made durable (one flush: files and directories) *before* the node
+records its ZooKeeper marker: once every member has marked, every node deletes its
+stale copies, which may be the last durable ones elsewhere.  Then copies no longer
+placed here go to the stale area, and the stale area is purged once every member
+has finished (`StaleJanitor`).  ``done_epoch`` is kept in the store directory, so a
+restart into the same epoch (after ``collie cluster shutdown``) starts no recovery.
 
-Out of order.  Until the pass for the current epoch is finished, a request for
-an object is preceded by `ensure(oid)`, which recovers that one object first
-(or waits for the pull already in flight).  A rejoining node with old copies
-therefore never serves them as current, and a write never lands on an outdated
-or missing copy to create a partial object.  Ordering rule: `ensure` marks an
-object verified *before* the client's I/O runs, and a pass re-checks that mark
-after its fetch and before it installs a copy, so a pull never overwrites a
-newer client write.
+Carrying on.  A pass that a newer epoch overtakes stops after the pulls in flight;
+the next pass lists again, and everything already pulled compares equal and costs
+nothing: work carries on rather than restarting from zero.
+
+Out of order.  Until the pass for the current epoch is finished, a request for an
+object is preceded by `ensure(oid, epoch)`: the object is known current only when
+every other member answered for it (live or stale copy, or none) and the newest
+copy was pulled, else the request waits and tries again, and fails retryably
+(`Unavailable`) at the I/O timeout.  A request of an older epoch than the node's
+gets `OldEpoch` instead of waiting (its gateway resends it).  A first write
+(``create``) makes a fresh copy that nothing older may replace (`created`).
+Ordering rule: an object marked current is never overwritten by the pass, and a
+request waits for a pull of its object already in flight.
 
 Stopping.  A pull that would eat into the store's free-space reserve raises
 `NoSpace`: the pass stops after the pulls in flight with state ``stopped`` and
@@ -50,50 +64,53 @@ import time
 from typing import Callable
 
 import gevent
-import msgpack
 from gevent.event import Event
 from gevent.pool import Pool
 
 from coordinator.ring import Member
 from sheep.epoch import EpochState, EpochView
-from sheep.errors import NoObject, NoSpace, SheepError, Unavailable
-from sheep.replica import Replica, unpack_object_list
-from sheep.stale import StaleJanitor, epoch_any, fetch_any, list_all
+from sheep.errors import Corrupt, NoObject, NoSpace, OldEpoch, SheepError, Unavailable
+from sheep.objfile import Version
+from sheep.replica import Replica, pack_object_list, unpack_object_list
+from sheep.stale import StaleJanitor, fetch_any, list_all, version_any
 from sheep.throttle import Limits, RateMeter, Throttle
 
 log = logging.getLogger(__name__)
 
 PARALLEL_PULLS = 4
+ENSURE_RETRY_S = 0.2
+NONE = Version(-1)          # "no copy": older than any version
 
 
 class Recovery:
     def __init__(self, node_id: str, replica: Replica, call_member: Callable, epochs: EpochState,
-                 copies_of: Callable[[int], int], *, janitor: StaleJanitor | None = None,
+                 catalog: Callable[[bool], object], *, janitor: StaleJanitor | None = None,
                  state_store=None, parallel: int = PARALLEL_PULLS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, io_timeout_s: float = 60.0) -> None:
         self.node_id = node_id
         self.replica = replica
         self.store = replica.store
         self._call = call_member          # (Member, header) -> (reply header, payload)
         self.epochs = epochs
-        self.copies_of = copies_of
+        self._catalog = catalog           # (with_maps) -> Liveness: copies_of, is_live
         self.janitor = janitor
         self._state_store = state_store   # StoreDir-like get/set, keeps done_epoch
         self._parallel = parallel
+        self._io_timeout_s = io_timeout_s
         self.throttle = Throttle(clock=clock)
         self.meter = RateMeter(clock=clock)
         self.enabled = True
         self.done_epoch = int(state_store.get("recovered_epoch", 0) or 0) if state_store else 0
-        self._verified: dict[int, int] = {}   # oid -> epoch it was checked current for
+        self._verified: dict[int, int] = {}   # oid -> epoch it was known current for
         self._inflight: dict[int, Event] = {}
         self._wakeup = Event()
         self._pacing = Event()            # set when a throttle wait must look again
         self._worker: gevent.Greenlet | None = None
         self.progress = {"epoch": 0, "state": "idle", "total": 0, "done": 0, "checked": 0,
-                         "pulled": 0, "bytes": 0, "started": 0.0, "finished": 0.0,
-                         "error": None, "enabled": True}
+                         "pulled": 0, "bytes": 0, "unreferenced": 0, "started": 0.0,
+                         "finished": 0.0, "error": None, "enabled": True}
         replica.extra_ops.update({"list_all": _op_list_all, "fetch_any": _op_fetch_any,
-                                  "epoch_any": _op_epoch_any,
+                                  "version_any": _op_version_any,
                                   "recovery": lambda r, h, p: ({"progress": self.report()}, b"")})
 
     # -- lifecycle -----------------------------------------------------------------
@@ -170,12 +187,23 @@ class Recovery:
         """One whole pass for ``view``; returns the progress record."""
         p = self.progress
         p.update(epoch=view.epoch, state="listing", total=0, done=0, checked=0, pulled=0,
-                 bytes=0, started=time.time(), finished=0.0, error=None)
+                 bytes=0, unreferenced=0, started=time.time(), finished=0.0, error=None)
         self.meter.reset()
         self.throttle.reset()
-        lists = self._collect_lists(view)
-        wanted = self._wanted(view, lists)
-        p.update(state="recovering", checked=len(wanted), total=len(wanted))
+        lists = self._collect_lists(view)          # after every member's barrier
+        catalog = self._catalog(False)
+        candidates = self._wanted(view, lists, catalog)
+        live = self._catalog(True) if candidates else catalog
+        wanted = {}
+        for oid, item in candidates.items():
+            if live.is_live(oid):
+                wanted[oid] = item
+            else:
+                p["unreferenced"] += 1
+        if p["unreferenced"]:
+            log.info("epoch=%d %d newer copies are referenced by no live VDI: not pulled",
+                     view.epoch, p["unreferenced"])
+        p.update(state="recovering", checked=len(candidates), total=len(wanted))
         pool = Pool(self._parallel)
         failures: list[BaseException] = []
         for oid, (newest, sources) in sorted(wanted.items()):
@@ -186,17 +214,17 @@ class Recovery:
             self.throttle.start()
             pool.spawn(self._background, failures, oid, newest, sources, view)
         pool.join()
-        if failures:
+        if failures and self.epochs.epoch == view.epoch:
             raise failures[0]
         if self.epochs.epoch != view.epoch or not self.enabled:
             p["state"] = "interrupted" if self.enabled else "disabled"
             log.info("epoch=%d recovery %s after %d of %d objects", view.epoch, p["state"],
                      p["done"], p["total"])
             return p
-        self._finish(view)
+        self._finish(view, live)
         return p
 
-    def _background(self, failures: list, oid: int, newest: int, sources: list[Member],
+    def _background(self, failures: list, oid: int, newest: Version, sources: list[Member],
                     view: EpochView) -> None:
         """One pull of the pass; a failure stops the pass (kept, not printed by gevent)."""
         try:
@@ -213,19 +241,27 @@ class Recovery:
             self._pacing.clear()
             self._pacing.wait(min(delay, 1.0))
 
-    def _finish(self, view: EpochView) -> None:
+    def _finish(self, view: EpochView, catalog) -> None:
         p = self.progress
+        # what was pulled is durable before anyone may delete the copies it came from
+        self.replica._io(self.store.flush)
         moved = 0
         if self.janitor is not None:
-            moved = self.janitor.retire(view.epoch, lambda oid: self._placed_here(view, oid),
+            moved = self.janitor.retire(view.epoch,
+                                        lambda oid: self._placed_here(view, oid, catalog),
                                         lambda: self.epochs.epoch)
+        if self.epochs.epoch != view.epoch:
+            p["state"] = "interrupted"
+            return
         self.done_epoch = view.epoch
         if self._state_store is not None:
-            self._state_store.set("recovered_epoch", view.epoch)
+            self.replica._io(self._state_store.set, "recovered_epoch", view.epoch)
         self._verified.clear()
+        self.replica._io(self.store.drop_tombstones, view.epoch - 1)
         p.update(state="complete", finished=time.time())
         log.info("epoch=%d recovery complete: %d objects missing or old, %d pulled, %d bytes, "
-                 "%d moved to stale", view.epoch, p["total"], p["pulled"], p["bytes"], moved)
+                 "%d unreferenced left alone, %d moved to stale", view.epoch, p["total"],
+                 p["pulled"], p["bytes"], p["unreferenced"], moved)
         if self.janitor is not None:
             try:
                 self.janitor.finished(view.epoch, [m.node_id for m in view.members],
@@ -233,49 +269,53 @@ class Recovery:
             except SheepError as exc:
                 log.warning("epoch=%d recovery marker not recorded: %s", view.epoch, exc)
 
-    def _placed_here(self, view: EpochView, oid: int) -> bool:
+    def _placed_here(self, view: EpochView, oid: int, catalog) -> bool:
         return any(m.node_id == self.node_id
-                   for m in view.ring.replicas(oid, self.copies_of(oid)))
+                   for m in view.ring.replicas(oid, catalog.copies_of(oid)))
 
-    def _collect_lists(self, view: EpochView) -> dict[Member, dict[int, int]]:
+    def _collect_lists(self, view: EpochView) -> dict[Member, dict[int, Version]]:
         jobs = {m: gevent.spawn(self._call, m, {"op": "list_all", "epoch": view.epoch})
                 for m in view.members}
         gevent.joinall(list(jobs.values()))
-        missing = [m.node_id for m, job in jobs.items() if job.exception is not None]
+        missing = [f"{m.node_id} ({job.exception})" for m, job in jobs.items()
+                   if job.exception is not None]
         if missing:
             # A member's copies could be the only newest ones: no pass may finish without
             # them.  The loop retries; until then `ensure` keeps serving requests safely.
             raise Unavailable(f"no object list from {', '.join(missing)} at epoch {view.epoch}")
         return {m: unpack_object_list(job.value[1]) for m, job in jobs.items()}
 
-    def _wanted(self, view: EpochView, lists: dict[Member, dict[int, int]]):
-        """oid -> (newest epoch, members holding it) for objects placed here and not current."""
-        out: dict[int, tuple[int, list[Member]]] = {}
-        newest: dict[int, int] = {}
+    def _wanted(self, view: EpochView, lists: dict[Member, dict[int, Version]], catalog):
+        """oid -> (newest version, members holding it) for objects placed here that some
+        member holds newer than this node does."""
+        out: dict[int, tuple[Version, list[Member]]] = {}
+        newest: dict[int, Version] = {}
         for objs in lists.values():
-            for oid, epoch in objs.items():
-                if epoch > newest.get(oid, -1):
-                    newest[oid] = epoch
-        for oid, epoch in newest.items():
-            if not self._placed_here(view, oid) or self._local_epoch(oid) >= epoch:
+            for oid, version in objs.items():
+                if version > newest.get(oid, NONE):
+                    newest[oid] = version
+        for oid, version in newest.items():
+            if not self._placed_here(view, oid, catalog) or self._local_version(oid) >= version:
                 continue
-            sources = [m for m, objs in lists.items() if objs.get(oid) == epoch]
-            out[oid] = (epoch, sources)
+            sources = [m for m, objs in lists.items() if objs.get(oid) == version]
+            out[oid] = (version, sources)
         return out
 
     # -- one object ----------------------------------------------------------------
-    def _local_epoch(self, oid: int) -> int:
+    def _local_version(self, oid: int) -> Version:
         try:
-            return self.store.epoch_of(oid)
+            return self.store.version_of(oid)
         except NoObject:
-            return -1
+            return NONE
 
-    def _recover(self, oid: int, newest: int, sources: list[Member], view: EpochView,
-                 background: bool = True) -> None:
+    def _recover(self, oid: int, newest: Version, sources: list[Member], view: EpochView,
+                 background: bool = True) -> bool:
+        """Pull ``oid`` unless a pull of it runs (then wait for that one); True when the
+        local copy is now at least ``newest`` (or a client made it current)."""
         event = self._inflight.get(oid)
         if event is not None:
             event.wait()
-        elif self._local_epoch(oid) < newest and self._verified.get(oid) != view.epoch:
+        elif self._local_version(oid) < newest and self._verified.get(oid) != view.epoch:
             event = self._inflight[oid] = Event()
             try:
                 self._pull(oid, newest, sources, view, background)
@@ -284,77 +324,137 @@ class Recovery:
                 event.set()
         if background:
             self.progress["done"] += 1
+        return self._local_version(oid) >= newest or self._verified.get(oid) == view.epoch
 
-    def _pull(self, oid: int, newest: int, sources: list[Member], view: EpochView,
+    def _pull(self, oid: int, newest: Version, sources: list[Member], view: EpochView,
               background: bool) -> None:
         last: Exception | None = None
         # this node first (a stale copy of its own costs no network), then the others
         for m in sorted(sources, key=lambda m: m.node_id != self.node_id):
             try:
                 if m.node_id == self.node_id:
-                    epoch, data = self.replica._io(fetch_any, self.store, oid)
+                    version, data = self.replica._io(fetch_any, self.store, oid)
                 else:
-                    header, data = self._call(m, {"op": "fetch_any", "oid": oid})
-                    epoch = int(header.get("object_epoch", newest))
+                    header, data = self._call(m, {"op": "fetch_any", "oid": oid,
+                                                  "epoch": view.epoch})
+                    version = Version.from_wire(header["version"])
+            except (Corrupt, NoObject) as exc:
+                last = exc
+                continue
             except SheepError as exc:
                 last = exc
                 continue
-            if self._local_epoch(oid) >= epoch or self._verified.get(oid) == view.epoch:
-                return  # a client write overtook us: the local copy is newer
+            if self._verified.get(oid) == view.epoch:
+                return  # a client made it current meanwhile: never overwrite that
             nbytes = memoryview(data).nbytes
-            self.replica._io(self.store.replace, oid, data, epoch)
-            self.progress["pulled"] += 1
-            self.progress["bytes"] += nbytes
-            self.meter.record(nbytes)
-            log.debug("oid=%016x pulled epoch=%d from %s (%d bytes)", oid, epoch, m.node_id,
-                      nbytes)
+            installed = self.replica._io(lambda: self.store.install(oid, data, version,
+                                                                    only_if_newer=True))
+            if installed:
+                self.progress["pulled"] += 1
+                self.progress["bytes"] += nbytes
+                self.meter.record(nbytes)
+                log.debug("oid=%016x pulled version %s from %s (%d bytes)", oid, version,
+                          m.node_id, nbytes)
             if background:
                 self.throttle.moved(nbytes)
             return
         if last is not None:
             raise last
-        log.warning("oid=%016x: no live holder of epoch %d; left as is", oid, newest)
+        log.warning("oid=%016x: no live holder of version %s; left as is", oid, newest)
 
-    def ensure(self, oid: int) -> None:
-        """Called before serving ``oid``: recover it first if this epoch's pass has not."""
-        view = self.epochs.view
-        if view is None or self.done_epoch >= view.epoch or self._verified.get(oid) == view.epoch:
-            return
+    def created(self, oid: int, epoch: int) -> None:
+        """A fresh copy of ``oid`` is being made at ``epoch`` (a first write): it is current
+        by definition; wait for a pull of it already in flight, then never pull it again."""
         event = self._inflight.get(oid)
         if event is not None:
             event.wait()
-            return
-        newest, sources = self._probe(oid, view)
-        if sources and newest > self._local_epoch(oid):
-            self._recover(oid, newest, sources, view, background=False)
-        self._verified[oid] = view.epoch
+        if self.epochs.epoch > self.done_epoch:
+            self._verified[oid] = epoch
 
-    def _probe(self, oid: int, view: EpochView) -> tuple[int, list[Member]]:
-        """(newest epoch, holders of it) among the other members' live and stale copies."""
+    def ensure(self, oid: int, epoch: int) -> None:
+        """Called before serving ``oid`` at ``epoch``: make this copy current first, if this
+        epoch's pass has not.  Returns only when the copy is known current; `OldEpoch` when
+        the node moved past ``epoch``; `Unavailable` at the I/O timeout."""
+        deadline = time.monotonic() + self._io_timeout_s
+        while True:
+            view = self.epochs.view
+            if view is None or self.done_epoch >= epoch:
+                return
+            if view.epoch != epoch:
+                raise OldEpoch(f"epoch {epoch} is over (at {view.epoch})", epoch=view.epoch)
+            if self._verified.get(oid) == epoch:
+                return
+            event = self._inflight.get(oid)
+            if event is not None:
+                event.wait()
+                continue            # look again: that pull may have failed
+            try:
+                newest, sources = self._probe(oid, view)
+                if newest <= self._local_version(oid) or self._recover(
+                        oid, newest, sources, view, background=False):
+                    if self.epochs.epoch != epoch:
+                        continue
+                    self._verified[oid] = epoch
+                    return
+                why = f"pull of version {newest} failed"
+            except SheepError as exc:
+                if isinstance(exc, OldEpoch) or self.epochs.epoch != epoch:
+                    raise OldEpoch(f"epoch {epoch} is over", epoch=self.epochs.epoch) from None
+                why = exc.message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unavailable(f"object {oid:016x} not known current at epoch {epoch}: {why}",
+                                  oid=oid)
+            log.info("oid=%016x epoch=%d not known current yet (%s); retrying", oid, epoch, why)
+            self.epochs.wait_newer(epoch, min(ENSURE_RETRY_S, remaining))
+
+    def _probe(self, oid: int, view: EpochView) -> tuple[Version, list[Member]]:
+        """(newest version, holders of it) among every member's live and stale copies (this
+        node's too); Unavailable unless every other member answered."""
         others = [m for m in view.members if m.node_id != self.node_id]
-        jobs = {m: gevent.spawn(self._call, m, {"op": "epoch_any", "oid": oid})
-                for m in others}
+        jobs = {m: gevent.spawn(self._call, m, {"op": "version_any", "oid": oid,
+                                                "epoch": view.epoch}) for m in others}
         gevent.joinall(list(jobs.values()))
-        epochs = {m: int(j.value[0]["object_epoch"]) for m, j in jobs.items()
-                  if j.exception is None}
-        if not epochs:
-            return -1, []
-        newest = max(epochs.values())
-        return newest, [m for m, e in epochs.items() if e == newest]
+        versions: dict[Member, Version] = {}
+        silent = []
+        for m, j in jobs.items():
+            if j.exception is None:
+                versions[m] = Version.from_wire(j.value[0]["version"])
+            elif isinstance(j.exception, NoObject):
+                continue
+            elif isinstance(j.exception, OldEpoch):
+                raise j.exception
+            else:
+                silent.append(f"{m.node_id}: {j.exception}")
+        if silent:
+            raise Unavailable(f"no answer about {oid:016x} from {', '.join(silent)}", oid=oid)
+        me = view.member(self.node_id)
+        if me is not None:          # a stale copy of our own counts too
+            try:
+                versions[me] = self.replica._io(version_any, self.store, oid)
+            except NoObject:
+                pass
+        if not versions:
+            return NONE, []
+        newest = max(versions.values())
+        return newest, [m for m, v in versions.items() if v == newest]
 
 
-# -- peer ops this module adds (Replica.extra_ops) ----------------------------------------
+# -- peer ops this module adds (Replica.extra_ops); each waits for the barrier ---------
 
-def _op_list_all(r: Replica, _h: dict, _payload):
+def _op_list_all(r: Replica, h: dict, _payload):
+    r.recovery_barrier(int(h["epoch"]))
     objs = r._io(list_all, r.store)
-    return {"count": len(objs)}, msgpack.packb(list(objs.items()))
+    return {"count": len(objs)}, pack_object_list(objs)
 
 
 def _op_fetch_any(r: Replica, h: dict, _payload):
-    """The newest copy here, live or stale, as raw payload with its last-write epoch."""
-    epoch, data = r._io(fetch_any, r.store, h["oid"])
-    return {"object_epoch": epoch}, data
+    """The newest copy here, live or stale, as raw verified payload with its version."""
+    r.recovery_barrier(int(h["epoch"]))
+    version, data = r._io(fetch_any, r.store, h["oid"])
+    return {"version": version.to_wire()}, data
 
 
-def _op_epoch_any(r: Replica, h: dict, _payload):
-    return {"object_epoch": r._io(epoch_any, r.store, h["oid"])}, b""
+def _op_version_any(r: Replica, h: dict, _payload):
+    r.recovery_barrier(int(h["epoch"]))
+    return {"version": r._io(version_any, r.store, h["oid"]).to_wire()}, b""

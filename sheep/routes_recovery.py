@@ -105,9 +105,10 @@ class _RecoveryApi:
 
     def cluster_check(self, req: Request):
         n = self.sheep
-        return n.checker.check_entries(n.vdis.entries(), n.vdis.open_volume, _repair_flag(req))
+        return n.checker.check_entries(n.vdis.entries(), n.vdis.open_volume, _repair_flag(req),
+                                       n.vdis)
 
     def vdi_check(self, req: Request):
         n = self.sheep
         entry = n.vdis.working(req.params["name"])
-        return n.checker.check_entries([entry], n.vdis.open_volume, _repair_flag(req))
+        return n.checker.check_entries([entry], n.vdis.open_volume, _repair_flag(req), n.vdis)

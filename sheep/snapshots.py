@@ -77,7 +77,7 @@ class SnapshotService:
             lock = self.locks.get(working["vid"])
             if lock is None:
                 try:
-                    self.locks.acquire(working["vid"], self.node_id, "snapshot")
+                    writer = self.vdis.take(working, "snapshot")
                 except Locked:
                     gevent.sleep(0.01)  # someone attached just now: look again
                     continue
@@ -85,7 +85,7 @@ class SnapshotService:
                     objmap = self.vdis.read_map(working)
                     return self.freeze(working, tag, objmap)
                 finally:
-                    self.locks.release(working["vid"], self.node_id)
+                    self.vdis.give_back(writer)
             if lock.get("node_id") == self.node_id:
                 done = self.exports.live_snapshot(working["vid"], tag, self.freeze)
                 if done is not None:
@@ -205,10 +205,11 @@ class SnapshotService:
             working = self.vdis.working(name)
         except NotFound:
             working = None
+        writer = None
         if working is not None:
             self.vdis.refuse_if_locked(working, "roll back")
             try:
-                self.locks.acquire(working["vid"], self.node_id, "rollback")
+                writer = self.vdis.take(working, "rollback")
             except Locked as exc:
                 raise Locked(f"cannot roll back VDI '{name}': it is attached ({exc.message})",
                              holder=exc.data.get("holder")) from None
@@ -232,8 +233,8 @@ class SnapshotService:
                 raise
             new = self.vdis.publish(new)
         finally:
-            if working is not None:
-                self.locks.release(working["vid"], self.node_id)
+            if writer is not None:
+                self.vdis.give_back(writer)
         log.info("vdi=%s rolled back to snapshot %s: working vid=%06x", name, tag, new["vid"])
         self.vdis.reclaimer.run()
         return new

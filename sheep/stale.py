@@ -31,35 +31,38 @@ import gevent
 from gevent.event import Event
 
 from sheep.errors import NoObject, SheepError
+from sheep.objfile import Version
 from sheep.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
 
-def list_all(store: ObjectStore) -> dict[int, int]:
+def list_all(store: ObjectStore) -> dict[int, Version]:
     """Live objects plus stale copies (a live copy wins unless a stale one is newer)."""
     out = store.list_stale()
-    for oid, epoch in store.list_objects().items():
-        if epoch >= out.get(oid, -1):
-            out[oid] = epoch
+    for oid, version in store.list_objects().items():
+        if oid not in out or version >= out[oid]:
+            out[oid] = version
     return out
 
 
-def epoch_any(store: ObjectStore, oid: int) -> int:
-    """The newest last-write epoch of ``oid`` here, live or stale; NoObject when neither."""
-    best = -1
+def version_any(store: ObjectStore, oid: int) -> Version:
+    """The newest version of ``oid`` here, live or stale; NoObject when neither exists."""
+    best = store.stale_version_of(oid)
     try:
-        best = store.epoch_of(oid)
+        live = store.version_of(oid)
     except NoObject:
-        pass
-    best = max(best, store.stale_epoch_of(oid))
-    if best < 0:
+        live = None
+    if live is not None and (best is None or live >= best):
+        best = live
+    if best is None:
         raise NoObject(f"no copy of object {oid:016x}", oid=oid)
     return best
 
 
-def fetch_any(store: ObjectStore, oid: int) -> tuple[int, bytes]:
-    """(epoch, bytes) of the newest copy here, live or stale; NoObject when neither exists."""
+def fetch_any(store: ObjectStore, oid: int) -> tuple[Version, bytes]:
+    """(version, verified bytes) of the newest copy here, live or stale; NoObject when
+    neither exists, Corrupt when the newest fails its checksums."""
     try:
         live = store.read_whole(oid)
     except NoObject:

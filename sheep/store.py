@@ -1,62 +1,69 @@
-"""The local object store: one sparse file per object.
+"""The local object store: one sparse file per object copy (format: `sheep.objfile`).
 
 Layout under ``root``::
 
-    obj/<oid as 16 lowercase hex digits>   one sparse file per object
-    tmp/                                   objects being created (cleaned at start)
+    obj/<oid as 16 lowercase hex digits>   one file per object: header, block sums, data
+    tmp/                                   copies being built (cleaned at start)
     stale/<epoch>/<oid hex>                copies no longer placed here (recovery)
-
-Each object file carries the epoch of its last write in the xattr
-``user.sheep.epoch`` (ASCII decimal); the store caches every epoch in memory
-(filled by a scan of ``obj/`` at start).
 
 Theory of operation
 -------------------
-The daemon calls this class from gevent's threadpool, several OS threads at
-once.  gevent monkey-patches ``threading`` locks, and a patched lock used across
-real threads is slow, so this module takes no locks at all:
+The daemon calls this class from gevent's thread pool, several OS threads at once.
 
-* every shared in-memory structure is a dict or set touched only by single
-  GIL-atomic operations (``d[k] = v``, ``d.pop(k)``, ``s.add(x)``, ``s.pop()``,
-  ``d.copy()``);
-* the filesystem settles races: a new object is written completely in ``tmp/``
-  and ``os.link``-ed into place, so no reader ever sees a partial object and
-  exactly one of several concurrent creators wins; the losers (``EEXIST``)
-  write their bytes into the winner's file instead.
+* Every mutation of an object (write, fresh create, install, remove, move to the
+  stale area) holds that object's *stripe lock* (one of `STRIPES` real OS locks,
+  chosen by oid), so mutations of one object are ordered and a conditional
+  install (`install`) compares and replaces atomically.  Reads take no lock.
+* A first write (``create=True``) always builds a *fresh* copy, zeros plus the
+  written bytes (or the copy-on-write source the caller sends), in ``tmp/`` and
+  renames it over whatever file is there: a leftover copy of a deleted or trimmed
+  object never shows through a new one.  ``install`` (recovery, repair) does the
+  same with a whole copy.  Readers see the old file or the new one, never a mix.
+* Every copy carries a `Version`: a write stamps the highest version it has seen
+  (writes may arrive out of order).  Versions are kept in memory and written to the
+  header at `flush`, before the fsync, so version and data become durable together.
+* Every 4 KiB block has a checksum in the file; writes update the sums of the blocks
+  they touch (reading the rest of a partly written block).  Reads verify the blocks
+  they return: a mismatch is read again under the stripe lock (a write may have been
+  between the data and its sum), and if it persists the read raises `Corrupt`.
+* ``remove`` leaves a *tombstone* (the version of the removal, in memory) so that a
+  recovery pull racing the removal cannot install the removed copy again.
+* Each mutation also sets the object's *tick*, a number that changes with every
+  mutation in this process: a repair that must not undo a write it did not see
+  installs only if the tick is still the one it read (``expect_tick``).
 
-The filesystem is the truth for existence (reads and writes open the file);
-the caches (epochs, allocated blocks) follow it.  Concurrent ``write`` and
-``remove`` of the same oid are not ordered: the caller (the gateway) never
-issues them together.
-
-Durability: no write fsyncs.  ``flush()`` fsyncs every object written since the
-last flush, then ``obj/`` when objects were created or removed; that is the
-only place this module calls fsync.
+Durability: no write fsyncs.  ``flush()`` writes the headers of, and fsyncs, every
+object mutated since the last flush, then ``obj/`` when entries changed.  An fsync
+failure is sticky: the kernel may have dropped the dirty pages, so this copy may have
+lost acknowledged writes; every later call raises `Unavailable` and the daemon leaves
+the cluster (its replicas are rebuilt elsewhere).
 """
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import logging
 import os
 import pathlib
+import random
 import shutil
 import threading
 import time
+from array import array
 from typing import Callable
 
-from sheep.errors import InvalidRequest, NoObject, NoSpace
+from sheep import objfile
+from sheep.errors import Corrupt, InvalidRequest, NoObject, NoSpace, Unavailable
 from sheep.fdcache import FdCache
+from sheep.objfile import BLOCK, DATA_OFFSET, SUMS_OFFSET, ZERO, Version
+from sheep.space import SpaceReserve
 
 log = logging.getLogger(__name__)
 
-EPOCH_XATTR = "user.sheep.epoch"
 OID_LIMIT = 1 << 64
-SPACE_CHECK_INTERVAL_S = 0.5
-SPACE_CHECK_BYTES = 64 << 20
-SPACE_UNIT = 4096   # filesystems allocate whole blocks: a 520-byte inode costs 4 KiB
+STRIPES = 64
 NOWAIT = getattr(os, "RWF_NOWAIT", 0)   # Linux >= 4.14 for reads
+ANY_TICK = None
 
 
 def oid_name(oid: int) -> str:
@@ -73,52 +80,83 @@ def _parse_oid(name: str) -> int | None:
         return None
 
 
-def _read_epoch(target) -> int | None:
-    """The epoch xattr of a path or fd; None when missing or corrupt."""
+def _pread_full(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes at ``offset``; what lies past the end of the file reads as zeros."""
+    data = os.pread(fd, length, offset)
+    if len(data) == length:
+        return data
+    parts, got = [data], len(data)
+    while got < length:
+        chunk = os.pread(fd, length - got, offset + got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    parts.append(bytes(length - got))
+    return b"".join(parts)
+
+
+def _pwrite_all(fd: int, view, offset: int) -> None:
+    view = memoryview(view).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _read_sums(fd: int, first: int, count: int) -> array:
+    return array("I", _pread_full(fd, 4 * count, SUMS_OFFSET + 4 * first))
+
+
+def _read_header(target) -> Version | None:
+    """The version in a file's header (path or fd); None when unreadable."""
     try:
-        return int(os.getxattr(target, EPOCH_XATTR).decode("ascii"))
-    except (OSError, ValueError, UnicodeDecodeError):
+        if isinstance(target, int):
+            raw = os.pread(target, objfile.HEADER_READ_BYTES, 0)
+        else:
+            with open(target, "rb") as f:
+                raw = f.read(objfile.HEADER_READ_BYTES)
+    except OSError:
         return None
+    return objfile.unpack_header(raw)
 
 
 class ObjectStore:
-    """Blocking, lock-free, thread-safe store of fixed-maximum-size objects.
+    """Blocking, thread-safe store of object copies of at most ``max_object_bytes``.
 
-    ``max_object_bytes`` bounds every offset + length; a write that would leave
-    the filesystem with less than ``reserve_bytes`` free raises ``NoSpace``.
-    ``clock`` (monotonic seconds) is injectable for tests.
+    A write that would leave the filesystem with less than ``reserve_bytes`` free
+    raises ``NoSpace``.  ``clock`` (monotonic seconds) is injectable for tests;
+    ``lock_factory`` makes the OS locks (the daemon passes the unpatched one).
     """
 
     def __init__(self, root: pathlib.Path, max_object_bytes: int,
                  reserve_bytes: int = 64 << 20,
-                 clock: Callable[[], float] = time.monotonic, space_lock=None) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 lock_factory: Callable = threading.Lock) -> None:
+        if max_object_bytes > objfile.MAX_DATA_BYTES:
+            raise InvalidRequest(f"objects larger than {objfile.MAX_DATA_BYTES} bytes")
         self.root = pathlib.Path(root)
         self.max_object_bytes = max_object_bytes
         self.reserve_bytes = reserve_bytes
-        self._clock = clock
+        self.space = SpaceReserve(self.root, reserve_bytes, clock, lock_factory())
         self._obj = self.root / "obj"
         self._tmp = self.root / "tmp"
         self._stale = self.root / "stale"
         for d in (self._obj, self._tmp, self._stale):
             d.mkdir(parents=True, exist_ok=True)
         self._obj_dir = str(self._obj)
-        self._fds = FdCache()
-        self._tmp_counter = itertools.count()  # next() is atomic under the GIL
-        self._epochs: dict[int, int] = {}
+        self._stripes = [lock_factory() for _ in range(STRIPES)]
+        self._fds = FdCache(lock=lock_factory())
+        self._tmp_counter = itertools.count()
+        self._ticks_source = itertools.count(random.getrandbits(48) << 8)
+        self._versions: dict[int, Version] = {}
+        self._ticks: dict[int, int] = {}
         self._blocks: dict[int, int] = {}      # oid -> st_blocks (512-byte units)
-        self._dirty: set[int] = set()          # written since the last flush
+        self._dirty: set[int] = set()          # mutated since the last flush
         self._dir_dirty = False                # obj/ entries changed since flush
-        # Free-space cache: (checked_at, free_bytes) plus the bytes written
-        # since; see _check_space.
-        self._space: tuple[float, int] = (float("-inf"), 0)
-        self._written_since_check = 0
-        # Bytes of writes that passed the check and have not finished: statvfs may not
-        # see them yet, so a fresh reading subtracts them (else N writes in flight in
-        # the pool could each pass on the same reading and eat into the reserve).
-        self._pending = 0
-        # Several OS threads take this lock: the daemon passes a real OS lock (gevent's
-        # monkey-patched threading.Lock is a greenlet lock, slow across threads).
-        self._space_lock = space_lock if space_lock is not None else threading.Lock()
+        self._tombstones: dict[int, Version] = {}
+        self.corrupt_reads = 0                 # reads that found a block failing its sum
+        self._failed: str | None = None
         self._clean_tmp()
         self._scan()
 
@@ -137,19 +175,33 @@ class ObjectStore:
             if oid is None or not entry.is_file(follow_symlinks=False):
                 log.warning("ignoring unexpected entry %s in %s", entry.name, self._obj)
                 continue
-            epoch = _read_epoch(entry.path)
-            if epoch is None:
-                log.warning("object oid=%016x has no readable epoch xattr; assuming 0", oid)
-                epoch = 0
-            self._epochs[oid] = epoch
+            version = _read_header(entry.path)
+            if version is None:
+                log.warning("object oid=%016x has no valid header; treating it as oldest", oid)
+                version = ZERO
+            self._versions[oid] = version
+            self._ticks[oid] = next(self._ticks_source)
             self._blocks[oid] = entry.stat(follow_symlinks=False).st_blocks
-        log.info("store %s: %d objects", self.root, len(self._epochs))
+        log.info("store %s: %d objects", self.root, len(self._versions))
 
     # ------------------------------------------------------------ helpers
 
     def path_of(self, oid: int) -> str:
         """The path of an object's file (it may not exist)."""
         return os.path.join(self._obj_dir, oid_name(oid))
+
+    def _stripe(self, oid: int):
+        return self._stripes[(oid ^ (oid >> 32)) % STRIPES]
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise Unavailable(f"store {self.root} failed ({self._failed}); this node leaves "
+                              "the cluster")
+
+    @property
+    def failed(self) -> str | None:
+        """Why the store stopped serving (a failed fsync), or None."""
+        return self._failed
 
     def _check_range(self, oid: int, offset: int, length: int) -> None:
         if not 0 <= oid < OID_LIMIT:
@@ -161,310 +213,435 @@ class ObjectStore:
                 f"range {offset}+{length} exceeds object size {self.max_object_bytes}",
                 oid=oid)
 
-    def _check_space(self, nbytes: int) -> None:
-        """Raise NoSpace if writing ``nbytes`` would eat into the reserve.
+    def _tmp_path(self, oid: int) -> str:
+        return os.path.join(self._tmp, f"{oid_name(oid)}.{os.getpid()}."
+                                       f"{threading.get_ident()}.{next(self._tmp_counter)}")
 
-        statvfs runs at most every SPACE_CHECK_INTERVAL_S seconds or every
-        SPACE_CHECK_BYTES written; in between, free space is estimated as the
-        last reading minus the bytes written since (overwrites make this
-        pessimistic, so a refusal is always confirmed by a fresh statvfs).
-        A write that passes is pending until ``_release_space``; a fresh reading
-        subtracts the pending bytes.  One short lock (the statvfs runs under it
-        at most every SPACE_CHECK_INTERVAL_S).
-        """
-        nbytes = -(-nbytes // SPACE_UNIT) * SPACE_UNIT
-        with self._space_lock:
-            checked_at, free = self._space
-            written = self._written_since_check + nbytes
-            now = self._clock()
-            stale = (now - checked_at >= SPACE_CHECK_INTERVAL_S
-                     or written >= SPACE_CHECK_BYTES)
-            if stale or free - written < self.reserve_bytes:
-                free = self._refresh_space(now)
-                written = nbytes    # this write is not in the fresh reading: count it
-                if free - nbytes < self.reserve_bytes:
-                    raise NoSpace(
-                        f"store {self.root}: {free} bytes free, writing {nbytes} would "
-                        f"drop below the reserve of {self.reserve_bytes}",
-                        free_bytes=free, reserve_bytes=self.reserve_bytes)
-            self._written_since_check = written
-            self._pending += nbytes
+    def _mutated(self, oid: int, version: Version, blocks: int | None = None) -> None:
+        self._versions[oid] = version
+        self._ticks[oid] = next(self._ticks_source)
+        if blocks is not None:
+            self._blocks[oid] = blocks
+        self._dirty.add(oid)
 
-    def _release_space(self, nbytes: int) -> None:
-        """A write that passed `_check_space` finished (or failed)."""
-        with self._space_lock:
-            self._pending -= -(-nbytes // SPACE_UNIT) * SPACE_UNIT
+    def _forget(self, oid: int) -> None:
+        self._ticks.pop(oid, None)              # before the discard (see FdCache.adopt)
+        self._fds.discard(oid)
+        self._versions.pop(oid, None)
+        self._blocks.pop(oid, None)
+        self._dirty.discard(oid)
 
-    def _refresh_space(self, now: float) -> int:
-        """Free bytes now, less the writes in flight (call with ``_space_lock`` held)."""
-        st = os.statvfs(self.root)
-        free = st.f_bavail * st.f_frsize - self._pending
-        self._written_since_check = 0
-        self._space = (now, free)
-        return free
+    def _open_for_read(self, oid: int) -> tuple[int, bool]:
+        """(fd, leased): a cached descriptor, else one opened here and offered to the cache
+        (kept for this read only when a mutation changed the object meanwhile)."""
+        fd = self._fds.lease(oid)
+        if fd is not None:
+            return fd, True
+        tick = self._ticks.get(oid)
+        try:
+            fd = os.open(self.path_of(oid), os.O_RDWR)
+        except FileNotFoundError:
+            raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
+        if tick is not None and self._fds.adopt(oid, fd, lambda: self._ticks.get(oid) == tick):
+            return fd, True
+        return fd, False
 
-    @staticmethod
-    def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view = view[n:]
-            offset += n
+    def _done_reading(self, fd: int, leased: bool) -> None:
+        if leased:
+            self._fds.release(fd)
+        else:
+            os.close(fd)
 
-    # ------------------------------------------------------------ I/O
+    # ------------------------------------------------------------ reads
 
     def read(self, oid: int, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset``; bytes past the file's end read as zeros.
-
-        Raises NoObject when the object is missing, InvalidRequest when the range
-        is negative or goes past ``max_object_bytes``.
-        """
+        """``length`` bytes at ``offset``, verified against their block sums; bytes past
+        the data's end read as zeros.  NoObject when missing, InvalidRequest for a bad
+        range, Corrupt when a block fails its sum."""
+        self._check_usable()
         self._check_range(oid, offset, length)
-        fd = self._fd(oid)
-        data = os.pread(fd, length, offset)
-        if len(data) == length:
-            return data
-        parts = [data]
-        got = len(data)
-        while got < length:
-            chunk = os.pread(fd, length - got, offset + got)
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
-        parts.append(bytes(length - got))
-        return b"".join(parts)
+        if length == 0:
+            if not self.exists(oid):
+                raise NoObject(f"no object {oid_name(oid)}", oid=oid)
+            return b""
+        fd, leased = self._open_for_read(oid)
+        try:
+            data, bad = self._read_verified(fd, offset, length)
+        finally:
+            self._done_reading(fd, leased)
+        if bad:
+            data = self._read_again_locked(oid, offset, length)
+        return data
+
+    def _read_verified(self, fd: int, offset: int, length: int) -> tuple[bytes, list[int]]:
+        first = offset // BLOCK
+        last = (offset + length - 1) // BLOCK
+        raw = _pread_full(fd, (last - first + 1) * BLOCK, DATA_OFFSET + first * BLOCK)
+        bad = objfile.bad_blocks(raw, _read_sums(fd, first, last - first + 1), first)
+        skip = offset - first * BLOCK
+        return raw[skip:skip + length], bad
+
+    def _read_again_locked(self, oid: int, offset: int, length: int) -> bytes:
+        """A read that failed verification, again with no write in between."""
+        with self._stripe(oid):
+            try:
+                fd = os.open(self.path_of(oid), os.O_RDONLY)
+            except FileNotFoundError:
+                raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
+            try:
+                data, bad = self._read_verified(fd, offset, length)
+            finally:
+                os.close(fd)
+        if bad:
+            self.corrupt_reads += 1
+            log.error("oid=%016x corrupt: blocks %s fail their checksums", oid, bad[:8])
+            raise Corrupt(f"object {oid_name(oid)}: {len(bad)} block(s) fail their checksum",
+                          oid=oid, blocks=bad[:64])
+        return data
 
     def read_cached(self, oid: int, offset: int, length: int):
-        """The bytes if they can be had without blocking, else None.
+        """The verified bytes if they can be had without blocking, else None.
 
         Only for an object whose descriptor is cached, with ``preadv2(RWF_NOWAIT)``:
         the kernel answers from the page cache or says EAGAIN instead of going to
         disk.  So the event loop can serve hot reads itself and leave the rest
-        (cold data, short reads near a sparse end, errors) to `read` in the pool.
+        (cold data, short reads near a sparse end, a failed sum, errors) to `read`.
         """
-        fd = self._fds.peek(oid)
-        if fd is None or not NOWAIT or length <= 0:
+        if not NOWAIT or length <= 0 or self._failed is not None:
             return None
         self._check_range(oid, offset, length)
-        buf = bytearray(length)
+        fd = self._fds.lease(oid)
+        if fd is None:
+            return None
         try:
-            n = os.preadv(fd, [buf], offset, NOWAIT)
+            first = offset // BLOCK
+            nblocks = (offset + length - 1) // BLOCK - first + 1
+            raw = bytearray(nblocks * BLOCK)
+            sums = array("I", bytes(4 * nblocks))
+            if (os.preadv(fd, [raw], DATA_OFFSET + first * BLOCK, NOWAIT) != len(raw)
+                    or os.preadv(fd, [sums], SUMS_OFFSET + 4 * first, NOWAIT) != 4 * nblocks):
+                return None
         except OSError:
             return None
-        return buf if n == length else None
+        finally:
+            self._fds.release(fd)
+        if objfile.bad_blocks(raw, sums, first):
+            return None
+        skip = offset - first * BLOCK
+        return memoryview(raw)[skip:skip + length]
 
-    def _fd(self, oid: int) -> int:
-        """The cached descriptor of an existing object; NoObject when missing."""
+    def read_whole(self, oid: int) -> tuple[Version, bytes]:
+        """(version, every byte of the copy), verified: what recovery and repair copy.
+        The version is read before the data, so the data has at least its writes."""
+        self._check_usable()
+        version = self.version_of(oid)
+        fd, leased = self._open_for_read(oid)
         try:
-            return self._fds.get(oid, self.path_of(oid))
+            data, bad = self._whole_verified(fd)
+        finally:
+            self._done_reading(fd, leased)
+        if bad:
+            with self._stripe(oid):
+                version = self.version_of(oid)
+                fd = self._fd_locked(oid)
+                try:
+                    data, bad = self._whole_verified(fd)
+                finally:
+                    self._fds.release(fd)
+            if bad:
+                self.corrupt_reads += 1
+                raise Corrupt(f"object {oid_name(oid)}: {len(bad)} block(s) fail their "
+                              "checksum", oid=oid, blocks=bad[:64])
+        return version, data
+
+    @staticmethod
+    def _whole_verified(fd: int) -> tuple[bytes, list[int]]:
+        size = max(0, os.fstat(fd).st_size - DATA_OFFSET)
+        data = _pread_full(fd, size, DATA_OFFSET) if size else b""
+        nblocks = -(-size // BLOCK)
+        return data, objfile.bad_blocks(data, _read_sums(fd, 0, nblocks))
+
+    # ------------------------------------------------------------ writes
+
+    def _fd_locked(self, oid: int) -> int:
+        """A leased cached descriptor (stripe lock held); NoObject when missing."""
+        try:
+            return self._fds.acquire(oid, self.path_of(oid))
         except FileNotFoundError:
             raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
 
-    def write(self, oid: int, offset: int, data, epoch: int, create: bool = False) -> None:
-        """Write ``data`` (bytes-like) at ``offset`` and record ``epoch``.
+    def write(self, oid: int, offset: int, data, version: Version, create: bool = False) -> None:
+        """Write ``data`` (bytes-like) at ``offset`` and stamp ``version``.
 
-        An existing object is written in place.  A missing one is created when
-        ``create`` (sparse: everything not written reads as zeros), atomically:
-        readers see either no object or the whole first write.  Concurrent
-        creators of one oid all succeed and all their bytes land in one file.
-        Raises NoObject (missing, not ``create``), InvalidRequest (range),
-        NoSpace (the write would eat into the reserve).
+        An existing copy is written in place.  ``create`` builds a fresh copy instead
+        (zeros plus ``data``), replacing any file there.  Raises NoObject (missing,
+        not ``create``), InvalidRequest (range), NoSpace (the write would eat into
+        the reserve, or the filesystem is full).
         """
+        self._check_usable()
         view = memoryview(data).cast("B")
         self._check_range(oid, offset, view.nbytes)
-        self._check_space(view.nbytes)
+        self.space.claim(view.nbytes + (BLOCK if create else 0))
         try:
-            while True:
-                if self._write_existing(oid, offset, view, epoch):
-                    return
-                if not create:
-                    raise NoObject(f"no object {oid_name(oid)}", oid=oid)
-                if self._create(oid, offset, view, epoch):
-                    return
-                # Lost the creation race and the winner vanished (removed)
-                # before we could write into it: start over.
+            with self._stripe(oid):
+                if create:
+                    self._build(oid, offset, view, version)
+                else:
+                    self._write_in_place(oid, offset, view, version)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(f"store {self.root}: {exc.strerror} writing oid={oid:016x}",
                               oid=oid) from None
             raise
         finally:
-            self._release_space(view.nbytes)
+            self.space.release(view.nbytes + (BLOCK if create else 0))
 
-    def _write_existing(self, oid: int, offset: int, view: memoryview, epoch: int) -> bool:
+    def _write_in_place(self, oid: int, offset: int, view: memoryview, version: Version) -> None:
+        fd = self._fd_locked(oid)
         try:
-            fd = self._fds.get(oid, self.path_of(oid))
-        except FileNotFoundError:
-            return False
-        self._pwrite_all(fd, view, offset)
-        if self._epochs.get(oid) != epoch:
-            os.setxattr(fd, EPOCH_XATTR, str(epoch).encode("ascii"))
-            self._epochs[oid] = epoch
-        self._dirty.add(oid)
-        return True
+            if view.nbytes:
+                sums = self._sums_for_write(fd, offset, view)
+                _pwrite_all(fd, view, DATA_OFFSET + offset)
+                os.pwrite(fd, sums, SUMS_OFFSET + 4 * (offset // BLOCK))
+        finally:
+            self._fds.release(fd)
+        current = self._versions.get(oid, ZERO)
+        self._mutated(oid, version if version > current else current)
 
-    def _create(self, oid: int, offset: int, view: memoryview, epoch: int) -> bool:
-        """Create the object from a tmp file; False if it must be retried."""
-        tmp = os.path.join(self._tmp, f"{oid_name(oid)}.{os.getpid()}."
-                                      f"{threading.get_ident()}.{next(self._tmp_counter)}")
+    @staticmethod
+    def _sums_for_write(fd: int | None, offset: int, view: memoryview) -> array:
+        """The new sums of the blocks a write touches; a partly written block is merged
+        with its current bytes (zeros when ``fd`` is None: a fresh copy)."""
+        end = offset + view.nbytes
+        first, last = offset // BLOCK, (end - 1) // BLOCK
+        sums = array("I", bytes(4 * (last - first + 1)))
+        for blk in range(first, last + 1):
+            lo, hi = max(offset, blk * BLOCK), min(end, (blk + 1) * BLOCK)
+            piece = view[lo - offset:hi - offset]
+            if hi - lo == BLOCK:
+                sums[blk - first] = objfile.block_sum(piece)
+                continue
+            if fd is None:
+                block = bytearray(BLOCK)
+            else:
+                block = bytearray(_pread_full(fd, BLOCK, DATA_OFFSET + blk * BLOCK))
+                (stored,) = _read_sums(fd, blk, 1)
+                if objfile.block_sum(block) != stored:
+                    # merging into a corrupt block would give garbage a valid sum
+                    raise Corrupt(f"block {blk} fails its checksum; repair it before a "
+                                  "partial write", blocks=[blk])
+            block[lo - blk * BLOCK:hi - blk * BLOCK] = piece
+            sums[blk - first] = objfile.block_sum(block)
+        return sums
+
+    def _build(self, oid: int, offset: int, view: memoryview, version: Version) -> None:
+        """A fresh copy (zeros plus ``view`` at ``offset``) renamed into place (stripe held)."""
+        tmp = self._tmp_path(oid)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             try:
-                self._pwrite_all(fd, view, offset)
-                os.setxattr(fd, EPOCH_XATTR, str(epoch).encode("ascii"))
+                os.pwrite(fd, objfile.pack_header(version), 0)
+                if view.nbytes:
+                    os.pwrite(fd, self._sums_for_write(None, offset, view),
+                              SUMS_OFFSET + 4 * (offset // BLOCK))
+                    _pwrite_all(fd, view, DATA_OFFSET + offset)
                 blocks = os.fstat(fd).st_blocks
             finally:
                 os.close(fd)
-            try:
-                os.link(tmp, self.path_of(oid))
-            except FileExistsError:
-                log.debug("create race on oid=%016x: writing into the winner", oid)
-                return self._write_existing(oid, offset, view, epoch)
-            self._epochs[oid] = epoch
-            self._blocks[oid] = blocks
-            self._dirty.add(oid)
-            self._dir_dirty = True
-            return True
-        finally:
-            os.unlink(tmp)
-
-    def read_whole(self, oid: int) -> tuple[int, bytes]:
-        """(last-write epoch, the object's bytes up to its file size): what recovery copies."""
-        fd = self._fd(oid)
-        epoch = _read_epoch(fd)
-        size = os.fstat(fd).st_size
-        parts, got = [], 0
-        while got < size:
-            chunk = os.pread(fd, size - got, got)
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
-        return (epoch if epoch is not None else 0), b"".join(parts)
-
-    def replace(self, oid: int, data, epoch: int) -> None:
-        """Atomically install a whole new copy of an object (recovery).
-
-        Readers see the old copy or the new one, never a mix.  All-zero 4 KiB
-        blocks are left as holes so recovered objects stay sparse.
-        """
-        view = memoryview(data).cast("B")
-        self._check_range(oid, 0, view.nbytes)
-        self._check_space(view.nbytes)
-        try:
-            self._replace_checked(oid, view, epoch)
-        finally:
-            self._release_space(view.nbytes)
-
-    def _replace_checked(self, oid: int, view: memoryview, epoch: int) -> None:
-        tmp = os.path.join(self._tmp, f"{oid_name(oid)}.{os.getpid()}."
-                                      f"{threading.get_ident()}.{next(self._tmp_counter)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            block = 4096
-            zero = bytes(block)
-            for pos in range(0, view.nbytes, block):
-                piece = view[pos:pos + block]
-                if piece != zero[:len(piece)]:
-                    self._pwrite_all(fd, piece, pos)
-            os.ftruncate(fd, view.nbytes)
-            os.setxattr(fd, EPOCH_XATTR, str(epoch).encode("ascii"))
-            blocks = os.fstat(fd).st_blocks
-            os.close(fd)
-            fd = -1
             os.rename(tmp, self.path_of(oid))
-            self._fds.discard(oid)
         except BaseException:
-            if fd >= 0:
-                os.close(fd)
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        self._epochs[oid] = epoch
-        self._blocks[oid] = blocks
-        self._dirty.add(oid)
+        self._mutated(oid, version, blocks)     # the tick changes before the discard
+        self._fds.discard(oid)
         self._dir_dirty = True
+
+    def install(self, oid: int, data, version: Version, *, only_if_newer: bool = False,
+                expect_tick=ANY_TICK) -> bool:
+        """Atomically replace the copy with a whole new one (recovery, repair); True when
+        installed.  ``only_if_newer``: only when ``version`` is newer than this copy and
+        than its tombstone.  ``expect_tick``: only when the copy's tick is still that one
+        (0: only when there is no copy).  All-zero blocks stay holes."""
+        self._check_usable()
+        view = memoryview(data).cast("B")
+        self._check_range(oid, 0, view.nbytes)
+        self.space.claim(view.nbytes + BLOCK)
+        try:
+            with self._stripe(oid):
+                if only_if_newer:
+                    floor = max(self._versions.get(oid, ZERO) if oid in self._versions
+                                else Version(-1), self._tombstones.get(oid, Version(-1)))
+                    if version <= floor:
+                        return False
+                if expect_tick is not ANY_TICK and self._ticks.get(oid, 0) != expect_tick:
+                    return False
+                self._install_locked(oid, view, version)
+                return True
+        finally:
+            self.space.release(view.nbytes + BLOCK)
+
+    def _install_locked(self, oid: int, view: memoryview, version: Version) -> None:
+        tmp = self._tmp_path(oid)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                os.pwrite(fd, objfile.pack_header(version), 0)
+                sums = objfile.sums_of(view)
+                if view.nbytes:
+                    os.pwrite(fd, sums, SUMS_OFFSET)
+                for i, pos in enumerate(range(0, view.nbytes, BLOCK)):
+                    if sums[i]:             # zero blocks stay holes
+                        _pwrite_all(fd, view[pos:pos + BLOCK], DATA_OFFSET + pos)
+                os.ftruncate(fd, DATA_OFFSET + view.nbytes)
+                blocks = os.fstat(fd).st_blocks
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.path_of(oid))
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        self._mutated(oid, version, blocks)     # the tick changes before the discard
+        self._fds.discard(oid)
+        self._dir_dirty = True
+
+    def remove(self, oid: int, version: Version | None = None) -> None:
+        """Delete a copy, leaving a tombstone at ``version``; NoObject when missing (the
+        tombstone is left all the same)."""
+        self._check_usable()
+        with self._stripe(oid):
+            if version is not None and version > self._tombstones.get(oid, ZERO):
+                self._tombstones[oid] = version
+            try:
+                os.unlink(self.path_of(oid))
+            except FileNotFoundError:
+                raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
+            self._forget(oid)
+            self._dir_dirty = True
+
+    def tombstone_of(self, oid: int) -> Version | None:
+        return self._tombstones.get(oid)
+
+    def drop_tombstones(self, below_epoch: int) -> int:
+        """Forget tombstones of removals older than ``below_epoch``; how many."""
+        old = [oid for oid, v in self._tombstones.copy().items() if v.epoch < below_epoch]
+        for oid in old:
+            self._tombstones.pop(oid, None)
+        return len(old)
 
     def close(self) -> None:
         """Close every cached descriptor (at shutdown, with no I/O in flight)."""
         self._fds.close_all()
 
-    def remove(self, oid: int) -> None:
-        """Delete an object; NoObject when missing."""
-        try:
-            os.unlink(self.path_of(oid))
-        except FileNotFoundError:
-            raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
-        self._forget(oid)
-        self._dir_dirty = True
-
-    def _forget(self, oid: int) -> None:
-        self._fds.discard(oid)
-        self._epochs.pop(oid, None)
-        self._blocks.pop(oid, None)
-        self._dirty.discard(oid)
-
     # ------------------------------------------------------------ metadata
 
     def exists(self, oid: int) -> bool:
-        return oid in self._epochs or os.path.exists(self.path_of(oid))
+        return oid in self._versions or os.path.exists(self.path_of(oid))
 
-    def epoch_of(self, oid: int) -> int:
-        """The epoch of the object's last write; NoObject when missing."""
-        epoch = self._epochs.get(oid)
-        if epoch is not None:
-            return epoch
-        path = self.path_of(oid)
-        if not os.path.exists(path):
+    def version_of(self, oid: int) -> Version:
+        """The copy's version; NoObject when missing."""
+        version = self._versions.get(oid)
+        if version is not None:
+            return version
+        if not os.path.exists(self.path_of(oid)):
             raise NoObject(f"no object {oid_name(oid)}", oid=oid)
-        epoch = _read_epoch(path)
-        return 0 if epoch is None else epoch
+        return _read_header(self.path_of(oid)) or ZERO
 
-    def set_epoch(self, oid: int, epoch: int) -> None:
-        """Record ``epoch`` as the object's last-write epoch; NoObject when missing."""
+    def tick_of(self, oid: int) -> int:
+        """The copy's mutation tick; 0 when there is no copy."""
+        return self._ticks.get(oid, 0)
+
+    def list_objects(self) -> dict[int, Version]:
+        """A snapshot of every copy: oid -> version."""
+        return self._versions.copy()
+
+    def info(self, oid: int, verify: bool = True) -> dict:
+        """What check and repair compare: version, tick, length, the sums digest and, when
+        ``verify``, the blocks whose data fails its sum (reads the whole copy)."""
+        self._check_usable()
+        tick = self.tick_of(oid)
+        version = self.version_of(oid)
+        fd, leased = self._open_for_read(oid)
         try:
-            os.setxattr(self.path_of(oid), EPOCH_XATTR, str(epoch).encode("ascii"))
-        except FileNotFoundError:
-            raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
-        self._epochs[oid] = epoch
+            size = max(0, os.fstat(fd).st_size - DATA_OFFSET)
+            nblocks = -(-size // BLOCK)
+            sums = _read_sums(fd, 0, nblocks)
+            bad = []
+            if verify and size:
+                bad = objfile.bad_blocks(_pread_full(fd, size, DATA_OFFSET), sums)
+        finally:
+            self._done_reading(fd, leased)
+        return {"version": version, "tick": tick, "length": size,
+                "digest": objfile.sums_digest(sums), "bad_blocks": bad, "sums": sums.tobytes()}
 
-    def list_objects(self) -> dict[int, int]:
-        """A snapshot of every object: oid -> last-write epoch."""
-        return self._epochs.copy()
-
-    def checksum(self, oid: int) -> str:
-        """sha1 hex of the object's content with trailing zero bytes stripped.
-
-        Stripping makes a sparse copy, a copy with explicit zeros and a copy
-        with a different (zero) tail length compare equal: they all read alike.
-        """
+    def read_blocks(self, oid: int, blocks: list[int]) -> dict[int, bytes]:
+        """The verified bytes of whole 4 KiB data blocks (repair donors); Corrupt when one of
+        them fails its sum here too."""
+        self._check_usable()
+        fd, leased = self._open_for_read(oid)
         try:
-            with open(self.path_of(oid), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
-        return hashlib.sha1(data.rstrip(b"\0")).hexdigest()
+            out = {}
+            for k in blocks:
+                data, bad = self._read_verified(fd, k * BLOCK, BLOCK)
+                if bad:
+                    raise Corrupt(f"object {oid_name(oid)}: block {k} fails its checksum here "
+                                  "too", oid=oid, blocks=bad)
+                out[k] = data
+            return out
+        finally:
+            self._done_reading(fd, leased)
+
+    def repair_blocks(self, oid: int, blocks: dict[int, tuple[int, bytes]]) -> int:
+        """Rewrite corrupt blocks with donor bytes: ``blocks[k] = (expected sum, data)``.
+        Under the stripe lock, a block is rewritten only while it still fails its sum and
+        its stored sum is still ``expected`` (a write since then wins); the data must
+        match the sum.  Returns how many blocks were rewritten."""
+        self._check_usable()
+        done = 0
+        with self._stripe(oid):
+            fd = self._fd_locked(oid)
+            try:
+                for k, (expected, data) in sorted(blocks.items()):
+                    if objfile.block_sum(data) != expected:
+                        raise InvalidRequest(f"donor block {k} of {oid_name(oid)} does not "
+                                             "match the expected sum", oid=oid)
+                    (stored,) = _read_sums(fd, k, 1)
+                    current = _pread_full(fd, BLOCK, DATA_OFFSET + k * BLOCK)
+                    if stored != expected or objfile.block_sum(current) == stored:
+                        continue
+                    _pwrite_all(fd, memoryview(data)[:BLOCK], DATA_OFFSET + k * BLOCK)
+                    done += 1
+            finally:
+                self._fds.release(fd)
+            if done:
+                self._ticks[oid] = next(self._ticks_source)
+                self._dirty.add(oid)
+        if done:
+            log.warning("oid=%016x %d corrupt block(s) rewritten from a replica", oid, done)
+        return done
 
     def usage(self) -> dict:
         """objects, used_bytes (allocated, a running estimate), capacity and free bytes, and
-        dirty_objects (written since the last flush: not yet on stable storage)."""
+        dirty_objects (mutated since the last flush: not yet on stable storage)."""
         st = os.statvfs(self.root)
         return {
-            "objects": len(self._epochs),
+            "objects": len(self._versions),
             "dirty_objects": len(self._dirty),
             "used_bytes": sum(self._blocks.copy().values()) * 512,
             "capacity_bytes": st.f_blocks * st.f_frsize,
             "free_bytes": st.f_bavail * st.f_frsize,
+            "corrupt_reads": self.corrupt_reads,
+            "failed": self._failed,
         }
 
     # ------------------------------------------------------------ durability
 
     def flush(self) -> int:
-        """fsync every object written since the last flush, then obj/ if needed.
-
-        Returns how many object files were synced.  Every write that returned
-        before this call started is on stable storage when it returns.
-        """
+        """Write the header of, and fsync, every object mutated since the last flush, then
+        obj/ if needed.  Returns how many object files were synced.  Every mutation that
+        returned before this call started is on stable storage when it returns."""
+        self._check_usable()
         synced = 0
         while True:
             try:
@@ -472,11 +649,17 @@ class ObjectStore:
             except KeyError:
                 break
             try:
-                fd = self._fds.get(oid, self.path_of(oid))
+                fd = os.open(self.path_of(oid), os.O_RDWR)
             except FileNotFoundError:
                 continue  # removed or moved to stale since its write
-            os.fsync(fd)
-            self._blocks[oid] = os.fstat(fd).st_blocks
+            try:
+                version = self._versions.get(oid)
+                if version is not None:
+                    os.pwrite(fd, objfile.pack_header(version), 0)
+                self._fsync(fd, f"oid={oid:016x}")
+                self._blocks[oid] = os.fstat(fd).st_blocks
+            finally:
+                os.close(fd)
             synced += 1
         if self._dir_dirty:
             # Cleared before the fsync: an entry changed after this line is
@@ -484,28 +667,46 @@ class ObjectStore:
             self._dir_dirty = False
             fd = os.open(self._obj_dir, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                os.fsync(fd)
+                self._fsync(fd, "obj/")
             finally:
                 os.close(fd)
         log.debug("flush: %d objects synced", synced)
         return synced
+
+    def _fsync(self, fd: int, what: str) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            self._failed = f"fsync of {what} failed: {exc.strerror or exc}"
+            log.critical("store %s: %s; unsynced writes may be lost: this store serves "
+                         "nothing more", self.root, self._failed)
+            raise Unavailable(f"store {self.root} failed ({self._failed})") from None
 
     # ------------------------------------------------------------ stale copies
 
     def move_to_stale(self, oid: int, epoch: int) -> None:
         """Move an object into ``stale/<epoch>/``; it leaves list_objects().
 
-        The copy keeps its last-write epoch xattr; a copy of the same oid already
-        in that directory is replaced.  NoObject when missing.
+        The copy keeps its header (version); a copy of the same oid already in that
+        directory is replaced.  The version in memory is written to the header first.
+        NoObject when missing.
         """
         d = self._stale / str(epoch)
         d.mkdir(exist_ok=True)
-        try:
-            os.rename(self.path_of(oid), d / oid_name(oid))
-        except FileNotFoundError:
-            raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
-        self._forget(oid)
-        self._dir_dirty = True
+        with self._stripe(oid):
+            version = self._versions.get(oid)
+            try:
+                if version is not None:
+                    fd = os.open(self.path_of(oid), os.O_WRONLY)
+                    try:
+                        os.pwrite(fd, objfile.pack_header(version), 0)
+                    finally:
+                        os.close(fd)
+                os.rename(self.path_of(oid), d / oid_name(oid))
+            except FileNotFoundError:
+                raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
+            self._forget(oid)
+            self._dir_dirty = True
         log.debug("oid=%016x moved to stale epoch=%d", oid, epoch)
 
     def _stale_epochs(self) -> list[int]:
@@ -526,50 +727,55 @@ class ObjectStore:
             log.info("purged %d stale epoch dirs up to epoch=%d", purged, upto_epoch)
         return purged
 
-    def list_stale(self) -> dict[int, int]:
-        """oid -> the newest last-write epoch among the stale copies of that oid."""
-        out: dict[int, int] = {}
+    def _stale_copies(self, oid: int | None = None):
+        """(version, path) of stale copies (of one oid, or of all: then (oid, version, path))."""
         for stale_epoch in self._stale_epochs():
-            for entry in os.scandir(self._stale / str(stale_epoch)):
-                oid = _parse_oid(entry.name)
-                if oid is None:
-                    continue
-                epoch = _read_epoch(entry.path)
-                epoch = stale_epoch if epoch is None else epoch
-                if epoch > out.get(oid, -1):
-                    out[oid] = epoch
+            d = os.path.join(self._stale, str(stale_epoch))
+            if oid is not None:
+                path = os.path.join(d, oid_name(oid))
+                if os.path.exists(path):
+                    yield oid, _read_header(path) or ZERO, path
+                continue
+            for entry in os.scandir(d):
+                found = _parse_oid(entry.name)
+                if found is not None:
+                    yield found, _read_header(entry.path) or ZERO, entry.path
+
+    def list_stale(self) -> dict[int, Version]:
+        """oid -> the newest version among the stale copies of that oid."""
+        out: dict[int, Version] = {}
+        for oid, version, _path in self._stale_copies():
+            if oid not in out or version > out[oid]:
+                out[oid] = version
         return out
 
-    def stale_epoch_of(self, oid: int) -> int:
-        """The newest last-write epoch among ``oid``'s stale copies; -1 when there are none."""
-        best = -1
-        for stale_epoch in self._stale_epochs():
-            path = self._stale / str(stale_epoch) / oid_name(oid)
-            if path.exists():
-                epoch = _read_epoch(path)
-                best = max(best, stale_epoch if epoch is None else epoch)
+    def stale_version_of(self, oid: int) -> Version | None:
+        """The newest version among ``oid``'s stale copies; None when there are none."""
+        best = None
+        for _oid, version, _path in self._stale_copies(oid):
+            if best is None or version > best:
+                best = version
         return best
 
-    def read_stale(self, oid: int) -> tuple[int, bytes]:
-        """The newest stale copy of ``oid``: (its last-write epoch, its bytes).
-
-        "Newest" is the highest last-write epoch (xattr) among the stale dirs;
-        the bytes are the file's content (zero tail not included).  NoObject
-        when no stale copy exists.
-        """
-        best: tuple[int, str] | None = None
-        for stale_epoch in self._stale_epochs():
-            path = os.path.join(self._stale, str(stale_epoch), oid_name(oid))
-            if not os.path.exists(path):
-                continue
-            epoch = _read_epoch(path)
-            epoch = stale_epoch if epoch is None else epoch
-            if best is None or epoch >= best[0]:
-                best = (epoch, path)
+    def read_stale(self, oid: int) -> tuple[Version, bytes]:
+        """The newest stale copy of ``oid``: (its version, its verified bytes).
+        NoObject when no stale copy exists; Corrupt when it fails its sums."""
+        best: tuple[Version, str] | None = None
+        for _oid, version, path in self._stale_copies(oid):
+            if best is None or version >= best[0]:
+                best = (version, path)
         if best is not None:
             try:
-                with open(best[1], "rb") as f:
-                    return best[0], f.read()
+                fd = os.open(best[1], os.O_RDONLY)
             except FileNotFoundError:
-                pass  # purged meanwhile
+                fd = None   # purged meanwhile
+            if fd is not None:
+                try:
+                    data, bad = self._whole_verified(fd)
+                finally:
+                    os.close(fd)
+                if bad:
+                    raise Corrupt(f"stale copy of {oid_name(oid)} fails its checksums",
+                                  oid=oid, blocks=bad[:64])
+                return best[0], data
         raise NoObject(f"no stale copy of object {oid_name(oid)}", oid=oid)

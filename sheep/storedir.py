@@ -148,6 +148,21 @@ class StoreDir:
             f"(formatted {_describe_created(cluster['created'])}), not {theirs}",
             store=str(self.path), cluster=cluster["name"], created=cluster["created"])
 
+    def check_object_format(self, expected: int) -> None:
+        """Refuse a store whose object files are of another format; record it in a new one."""
+        recorded = self._doc["state"].get("object_format")
+        if recorded == expected:
+            return
+        obj = self.path / "obj"
+        has_objects = obj.is_dir() and any(obj.iterdir())
+        if recorded is None and not has_objects:
+            self.set("object_format", expected)
+            return
+        raise StoreMismatch(
+            f"store {self.path} holds objects in format {recorded or 1}, this sheep reads "
+            f"format {expected}; move the store aside (its data is not readable here)",
+            store=str(self.path))
+
     # ------------------------------------------------------------ small state
 
     def get(self, key: str, default=None):

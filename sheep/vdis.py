@@ -15,13 +15,16 @@ VDI), as in Sheepdog.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Callable
 
 from sheep.errors import (AlreadyExists, InvalidRequest, Locked, NoObject, NoSpace, NotFound,
-                          NotReady)
+                          NotReady, Unavailable)
 from sheep.reclaim import Reclaimer
+from sheep.vdi_fencing import VdiFencing
+from sheep.vdi_writer import VdiWriter
 from vdi import family, objects
 from vdi.inode import ObjectMap
 from vdi.vid import first_free
@@ -44,13 +47,47 @@ def validate_name(name: str) -> None:
 
 class VdiService:
     def __init__(self, catalog, gateway, cluster_format: Callable[[], dict | None], *,
-                 locks=None, node_id: str = "") -> None:
+                 locks=None, node_id: str = "", session: Callable[[], int] = lambda: 0) -> None:
         self.catalog = catalog
         self.gateway = gateway
         self.locks = locks
         self.node_id = node_id
+        self.session = session              # this node's ZooKeeper session generation
         self._cluster_format = cluster_format
+        self.fencing = VdiFencing(locks, gateway, node_id) if locks is not None else None
         self.reclaimer = Reclaimer(self)
+
+    # -- the write right ---------------------------------------------------------
+    def take(self, entry: dict, client: str) -> VdiWriter:
+        """Lock ``entry`` for writing (fenced, resynced: `sheep.vdi_fencing`); returns the
+        writer its mutations must go through.  Locked when someone holds it."""
+        session = self.session()   # read before the lock: a loss in between fails writes
+        if self.fencing is None:
+            return VdiWriter(self.gateway, entry["vid"], self.generation(entry["vid"]), None)
+        lock = self.fencing.take(entry["vid"], int(entry["copies"]), client)
+        return VdiWriter(self.gateway, entry["vid"], lock["generation"], session)
+
+    def give_back(self, writer: VdiWriter, clean: bool | None = None) -> None:
+        if self.fencing is not None:
+            self.fencing.give_back(writer.vid, writer, clean)
+
+    @contextlib.contextmanager
+    def taken(self, entry: dict, client: str):
+        """The write right for the duration of a short operation."""
+        writer = self.take(entry, client)
+        try:
+            yield writer
+        finally:
+            self.give_back(writer)
+
+    def generation(self, vid: int) -> int:
+        """The current lock generation of ``vid`` (for writes without the lock: the inode of
+        a new entry, reclaim of a deleted one)."""
+        return self.locks.generation(vid) if self.locks is not None else 0
+
+    def unlocked_writer(self, vid: int) -> VdiWriter:
+        """A writer for a vid nobody can attach (hidden while created, or deleted)."""
+        return VdiWriter(self.gateway, vid, self.generation(vid), None)
 
     # -- cluster facts ---------------------------------------------------------
     def format(self) -> dict:
@@ -90,6 +127,31 @@ class VdiService:
         if found is None:
             raise NotFound(f"snapshot '{tag}' of VDI '{name}' not found")
         return found
+
+    def liveness(self, with_maps: bool = True) -> family.Liveness:
+        """Which objects live VDIs reference, from one consistent catalog listing (and the
+        maps of its live entries when ``with_maps``): what recovery follows."""
+        fmt = self.format()
+        for _attempt in range(20):
+            entries = self.catalog.list()
+            maps = None
+            if with_maps:
+                maps = {}
+                for e in entries:
+                    if not family.is_live(e):
+                        continue
+                    try:
+                        maps[e["vid"]] = self.read_map(e)
+                    except NotFound:
+                        if e.get("hidden"):   # being created: its map copies live ones
+                            maps[e["vid"]] = ObjectMap(0)
+                            continue
+                        raise Unavailable(f"inode of live VDI '{e['name']}' "
+                                          f"({e['vid']:06x}) unreadable") from None
+                if self.catalog.list() != entries:
+                    continue
+            return family.Liveness(entries, maps, default_copies=int(fmt["copies"]))
+        raise Unavailable("the catalog kept changing while it was read")
 
     def _check_size(self, size: int) -> int:
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
@@ -148,7 +210,8 @@ class VdiService:
     def forget(self, entry: dict) -> None:
         """Undo an ``allocate`` whose entry never became visible (best effort)."""
         try:
-            self.gateway.remove(objects.inode_oid(entry["vid"]), entry["copies"])
+            self.unlocked_writer(entry["vid"]).remove(objects.inode_oid(entry["vid"]),
+                                                      entry["copies"])
         except Exception as exc:
             log.warning("vid=%06x inode cleanup failed: %s", entry["vid"], exc)
         try:
@@ -160,9 +223,11 @@ class VdiService:
         return objects.nr_indexes(entry["size"], 1 << entry["block_size_shift"])
 
     def write_inode(self, entry: dict, objmap: ObjectMap) -> None:
+        """The inode of a new (hidden) entry: nobody can attach it yet."""
         header = {k: entry.get(k) for k in ("name", "vid", "size", "block_size_shift", "parent",
                                               "created")}
-        Volume.create_inode(self.gateway, entry["vid"], header, objmap, entry["copies"])
+        Volume.create_inode(self.unlocked_writer(entry["vid"]), entry["vid"], header, objmap,
+                            entry["copies"])
 
     def read_map(self, entry: dict) -> ObjectMap:
         """The persisted object map of ``entry`` (NotFound when its inode is missing)."""
@@ -183,13 +248,8 @@ class VdiService:
         """Delete the working VDI of ``name``; objects its snapshots or clones share stay."""
         entry = self.working(name)
         self.refuse_if_locked(entry, "delete")
-        if self.locks is not None:   # no attach can slip in while we delete
-            self.locks.acquire(entry["vid"], self.node_id, "delete")
-        try:
+        with self.taken(entry, "delete"):     # no attach can slip in while we delete
             self.mark_deleted(entry)
-        finally:
-            if self.locks is not None:
-                self.locks.release(entry["vid"], self.node_id)
         log.info("vdi=%s vid=%06x deleted", name, entry["vid"])
         self.reclaimer.run()
 
@@ -256,14 +316,9 @@ class VdiService:
         if offset + len(data) > entry["size"]:
             raise NoSpace(f"write of {len(data)} bytes at {offset} is past the end of VDI "
                           f"'{name}' ({entry['size']} bytes)")
-        if self.locks is None:
-            self._write(self.open_volume(entry), offset, data)
-            return
-        self.locks.acquire(entry["vid"], self.node_id, "admin-api")
-        try:
-            self._write(self.open_volume(entry), offset, data)
-        finally:
-            self.locks.release(entry["vid"], self.node_id)
+        with self.taken(entry, "admin-api") as writer:
+            self._write(self.open_volume(entry, gateway=writer), offset, data)
+            writer.flush()
 
     def _write(self, volume: Volume, offset: int, data) -> None:
         with self.reclaimer.watching(volume, offset, len(data)):

@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+from vdi import objects
+
 
 def is_live(entry: dict) -> bool:
     """Not deleted (hidden entries being created are live: their maps hold references)."""
@@ -148,3 +150,42 @@ def runs(indexes: Sequence[int]) -> list[tuple[int, int]]:
         else:
             out.append((idx, 1))
     return out
+
+
+class Liveness:
+    """Which objects some VDI still needs, from one consistent catalog listing and the
+    maps of its live entries (the authority recovery follows: a copy nobody references
+    is never pulled or re-replicated, however old or new its stamp).
+
+    * an inode object is live while its vid has a catalog entry (deleted ones too: reclaim
+      still reads their maps);
+    * data object ``(vid, idx)`` is live while some live entry's ``map[idx] == vid``.
+
+    ``maps[vid]`` needs ``get(idx)`` and ``len()`` (an `ObjectMap`) for every live entry.
+    ``copies_of(oid)`` is the copies of the oid's VDI, ``default_copies`` for a vid the
+    catalog does not know.
+    """
+
+    def __init__(self, entries: Iterable[dict], maps: Mapping[int, Sequence[int]] | None,
+                 default_copies: int = 1) -> None:
+        self.entries = {e["vid"]: e for e in entries}
+        self._maps = maps
+        self._live = [e["vid"] for e in self.entries.values() if is_live(e)]
+        self.default_copies = default_copies
+
+    def copies_of(self, oid: int) -> int:
+        entry = self.entries.get(objects.oid_vid(oid))
+        return int(entry["copies"]) if entry is not None else self.default_copies
+
+    def is_live(self, oid: int) -> bool:
+        vid = objects.oid_vid(oid)
+        if objects.is_inode(oid):
+            return vid in self.entries
+        if self._maps is None:
+            raise ValueError("Liveness built without maps cannot judge data objects")
+        idx = objects.oid_index(oid)
+        for live in self._live:
+            objmap = self._maps[live]
+            if idx < len(objmap) and objmap.get(idx) == vid:
+                return True
+        return False

@@ -23,9 +23,18 @@ Invariants
 The daemon calls a Volume from many gevent greenlets; ``threading.Lock`` is
 cooperative once gevent has monkey-patched, and this module never imports gevent.
 
+* An allocated object (first write, or copy-on-write) is always written
+  fresh (``create=True``: zeros plus the bytes, never a leftover file), and if its
+  map entry landed in a later epoch than the object itself, the object is written
+  once more before the entry is used: recovery judges liveness from the maps, so
+  an object must be on the placement of the epoch in which its entry appeared.
+
 Gateway interface (``docs/internals.md``): ``read(oid, offset, length, copies)``,
-``write(oid, offset, data, copies, create=False)``, ``remove(oid, copies)``,
-``flush()``.  A missing object raises ``NoObject``.
+``write(oid, offset, data, copies, create=False) -> epoch``, ``remove(oid, copies)
+-> epoch``, ``flush()``.  ``create=True`` makes a fresh object (zeros plus the data)
+whatever was there; a write in place to a missing object raises ``NoObject``; the
+epoch returned is the one the mutation completed at.  The contract tests
+(``tests/integration/test_gateway_contract.py``) hold the unit fake to it.
 """
 from __future__ import annotations
 
@@ -159,10 +168,14 @@ class Volume:
             data = bytes(data) + bytes(length - len(data))
         return data
 
+    def _persist_entry(self, idx: int, owner: int):
+        """Persist map[idx] = owner in the inode; returns the epoch the write completed at."""
+        off, raw = entry_record(idx, owner)
+        return self._gw.write(inode_oid(self._vid), off, raw, self.copies)
+
     def _set_entry(self, idx: int, owner: int) -> None:
         """Persist map[idx] = owner in the inode, then in memory."""
-        off, raw = entry_record(idx, owner)
-        self._gw.write(inode_oid(self._vid), off, raw, self.copies)
+        self._persist_entry(idx, owner)
         self._map.set(idx, owner)
 
     # -- read ------------------------------------------------------------------
@@ -219,16 +232,25 @@ class Volume:
                 return
             if owner == 0:
                 log.debug("allocate vid=%06x idx=%d", vid, idx)
-                self._gw.write(oid, obj_off, piece, self.copies, create=True)
+                at, content = obj_off, piece
             else:
                 log.debug("copy-on-write vid=%06x idx=%d from=%06x", vid, idx, owner)
                 if len(piece) == self.object_size:  # overwritten whole: nothing to copy
-                    base = piece
+                    at, content = 0, piece
                 else:
                     base = bytearray(self._read_obj(data_oid(owner, idx), 0, self.object_size))
                     base[obj_off:obj_off + len(piece)] = piece
-                self._gw.write(oid, 0, base, self.copies, create=True)
-            self._set_entry(idx, vid)
+                    at, content = 0, base
+            data_epoch = self._gw.write(oid, at, content, self.copies, create=True)
+            map_epoch = self._persist_entry(idx, vid)
+            if map_epoch > data_epoch:
+                # The entry landed in a later epoch than the object: recovery of that
+                # epoch may have judged the object unreferenced (and not moved it to the
+                # new placement), so write it again, at least that new.
+                log.info("vid=%06x idx=%d allocated at epoch %d, mapped at %d: rewritten",
+                         vid, idx, data_epoch, map_epoch)
+                self._gw.write(oid, at, content, self.copies, create=True)
+            self._map.set(idx, vid)
 
     # -- trim / zeroes -------------------------------------------------------------
 

@@ -30,7 +30,7 @@ def test_base_paths_are_the_persistent_directories():
     lay = Layout("c")
     assert lay.base_paths() == ("/sheepdog/c", "/sheepdog/c/members", "/sheepdog/c/epochs",
                                 "/sheepdog/c/leader", "/sheepdog/c/vdis", "/sheepdog/c/locks",
-                                "/sheepdog/c/recovery")
+                                "/sheepdog/c/generations", "/sheepdog/c/recovery")
 
 
 @pytest.mark.parametrize("name", ["", "a/b", ".", "..", "x\ny", None])

@@ -1,4 +1,4 @@
-"""sheep.fdcache.FdCache: shared descriptors, retired (not closed) when they leave."""
+"""sheep.fdcache.FdCache: shared descriptors, leased, closed only when nobody uses them."""
 from __future__ import annotations
 
 import os
@@ -6,14 +6,6 @@ import os
 import pytest
 
 from sheep.fdcache import FdCache
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 def fd_open(fd: int) -> bool:
@@ -36,39 +28,60 @@ def files(tmp_path):
 
 def test_same_descriptor_until_discarded(files):
     cache = FdCache()
-    fd = cache.get(1, files[0])
-    assert cache.get(1, files[0]) == fd
-    assert os.pread(fd, 2, 0) == b"x0"
+    fd = cache.acquire(1, files[0])
+    cache.release(fd)
+    again = cache.acquire(1, files[0])
+    assert again == fd and os.pread(fd, 2, 0) == b"x0"
+    cache.release(again)
     cache.discard(1)
-    again = cache.get(1, files[0])
-    assert again != fd and fd_open(fd)  # a new descriptor; the old one is only retired
+    assert not fd_open(fd)            # nobody leased it: closed at once
+    assert cache.lease(1) is None
     cache.close_all()
 
 
-def test_retired_descriptors_close_only_after_the_grace_period(files):
-    clock = Clock()
-    cache = FdCache(grace_s=30, clock=clock)
-    old = cache.get(1, files[0])
-    cache.discard(1)
-    assert fd_open(old)               # still usable by a thread that looked it up
-    clock.now = 31
-    cache.get(2, files[1])
-    cache.discard(2)                  # any retirement sweeps what is old enough
-    assert not fd_open(old)
+def test_a_leased_descriptor_stays_open_however_long_its_user_takes(files):
+    cache = FdCache()
+    fd = cache.acquire(1, files[0])   # a thread stalls with this lease (writeback, minutes)
+    cache.discard(1)                  # the object is removed meanwhile
+    for i in range(2, 5):             # lots of other activity, nothing time based
+        cache.release(cache.acquire(i, files[i]))
+        cache.discard(i)
+    assert fd_open(fd) and os.pread(fd, 2, 0) == b"x0"   # never recycled under it
+    cache.release(fd)
+    assert not fd_open(fd)            # closed by the last release
     cache.close_all()
 
 
-def test_capacity_evicts_oldest_without_closing(files):
-    clock = Clock()
-    cache = FdCache(capacity=2, clock=clock)
-    fds = [cache.get(i, files[i]) for i in range(3)]
+def test_capacity_evicts_oldest_but_never_closes_a_leased_one(files):
+    cache = FdCache(capacity=2)
+    held = cache.acquire(0, files[0])
+    others = [cache.acquire(i, files[i]) for i in (1, 2)]
+    for fd in others:
+        cache.release(fd)
     assert len(cache) == 2
-    assert all(fd_open(fd) for fd in fds)
-    assert cache.get(1, files[1]) == fds[1] and cache.get(2, files[2]) == fds[2]
+    assert fd_open(held)              # evicted from the cache, still leased
+    cache.release(held)
+    assert not fd_open(held)
+    assert all(fd_open(fd) for fd in others)
     cache.close_all()
-    assert not any(fd_open(fd) for fd in fds)
+    assert not any(fd_open(fd) for fd in others)
+
+
+def test_adopt_caches_a_readers_descriptor_only_while_still_valid(files):
+    cache = FdCache()
+    mine = os.open(files[0], os.O_RDWR)
+    assert not cache.adopt(0, mine, lambda: False)    # replaced since it was opened
+    assert cache.lease(0) is None
+    assert cache.adopt(0, mine, lambda: True)
+    assert cache.lease(0) == mine
+    cache.release(mine)
+    cache.release(mine)
+    other = os.open(files[0], os.O_RDWR)
+    assert not cache.adopt(0, other, lambda: True)    # one is cached already
+    os.close(other)
+    cache.close_all()
 
 
 def test_missing_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
-        FdCache().get(7, str(tmp_path / "nope"))
+        FdCache().acquire(7, str(tmp_path / "nope"))

@@ -11,11 +11,13 @@ from kazoo.exceptions import NoNodeError, NotEmptyError
 from coordinator.cluster_state import ClusterStateMixin, prunable_marker_epochs
 from coordinator.layout import Layout, epoch_name
 from sheep.errors import NoSpace
+from sheep.objfile import Version
 from sheep.stale import StaleJanitor
 from sheep.store import ObjectStore
 from sheep.throttle import Limits, Throttle
 
 MiB = 1 << 20
+V1 = Version(1, 0, 0)
 
 
 # -- which marker directories may go ------------------------------------------------------
@@ -82,7 +84,7 @@ class FakeMarkers:
 
 def test_janitor_prunes_markers_only_after_its_purge(tmp_path):
     store = ObjectStore(tmp_path / "s", MiB)
-    store.write(1, 0, b"x", epoch=1, create=True)
+    store.write(1, 0, b"x", V1, create=True)
     store.move_to_stale(1, 3)
     io = lambda fn, *a: fn(*a)                      # noqa: E731
 
@@ -91,7 +93,7 @@ def test_janitor_prunes_markers_only_after_its_purge(tmp_path):
     janitor = StaleJanitor(store, markers, io)
     janitor.finished(3, ["n1", "n2"], current=lambda: 4)   # a newer epoch: the waiter ends
     janitor._waiter.join(timeout=5)
-    assert markers.marked == [3] and markers.pruned == [] and store.list_stale() == {1: 1}
+    assert markers.marked == [3] and markers.pruned == [] and store.list_stale() == {1: V1}
 
     # every member has: the stale area goes first, then the older marker directories
     markers = FakeMarkers({"n2"})
@@ -136,51 +138,51 @@ def space(tmp_path, monkeypatch):
     now = [0.0]
     store = ObjectStore(tmp_path / "s", 4 * MiB, reserve_bytes=16 * MiB, clock=lambda: now[0])
     fs = FakeFs(18 * MiB)
-    monkeypatch.setattr("sheep.store.os.statvfs", fs)
+    monkeypatch.setattr("sheep.space.os.statvfs", fs)
     return store, fs, now
 
 
 def test_writes_in_flight_count_against_a_fresh_reading(space):
     store, fs, now = space
-    store._check_space(MiB)                         # two pulls in flight, neither landed:
-    store._check_space(MiB)                         # statvfs still says 18 MiB free
+    store.space.claim(MiB)                         # two pulls in flight, neither landed:
+    store.space.claim(MiB)                         # statvfs still says 18 MiB free
     now[0] = 10.0                                   # a fresh reading must not forget them
     with pytest.raises(NoSpace):
-        store._check_space(MiB)
-    store._release_space(MiB)
-    store._release_space(MiB)
+        store.space.claim(MiB)
+    store.space.release(MiB)
+    store.space.release(MiB)
     fs.free -= 2 * MiB                              # they landed: still no room
     now[0] = 20.0
     with pytest.raises(NoSpace):
-        store._check_space(MiB)
+        store.space.claim(MiB)
 
 
 def test_the_write_that_refreshed_the_reading_is_counted(space):
     store, fs, now = space
     fs.free = 17 * MiB + MiB // 2
-    store._check_space(MiB)                         # refresh: 17.5 MiB free, fits
+    store.space.claim(MiB)                         # refresh: 17.5 MiB free, fits
     fs.free -= MiB
-    store._release_space(MiB)
+    store.space.release(MiB)
     with pytest.raises(NoSpace):                    # 16.5 MiB left: a second one does not
-        store._check_space(MiB)
+        store.space.claim(MiB)
 
 
 def test_space_is_counted_in_whole_blocks(space):
     store, fs, now = space
     fs.free = 16 * MiB + 4096
-    store._check_space(520)                         # a small inode costs one 4 KiB block
+    store.space.claim(520)                         # a small inode costs one 4 KiB block
     with pytest.raises(NoSpace):
-        store._check_space(1)
+        store.space.claim(1)
 
 
 def test_a_small_store_stops_exactly_at_the_reserve(tmp_path, monkeypatch):
     fs = FakeFs(20 * MiB)
-    monkeypatch.setattr("sheep.store.os.statvfs", fs)
+    monkeypatch.setattr("sheep.space.os.statvfs", fs)
     store = ObjectStore(tmp_path / "s", 4 * MiB, reserve_bytes=16 * MiB)
     written = 0
     with pytest.raises(NoSpace):
         for oid in range(10):
-            store.replace(oid, os.urandom(MiB), epoch=1)
-            fs.free -= MiB
+            store.install(oid, os.urandom(MiB), V1)
+            fs.free -= MiB + 4096                   # the data and its header block
             written += 1
-    assert written == 4 and fs.free == 16 * MiB
+    assert written == 3 and 16 * MiB <= fs.free < 17 * MiB

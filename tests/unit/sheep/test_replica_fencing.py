@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 
 from sheep.epoch import EpochState
-from sheep.errors import Fenced
-from sheep.gateway import SessionBoundGateway
+from sheep.errors import Fenced, NoSpace
 from sheep.replica import Replica
 from sheep.store import ObjectStore
+from sheep.vdi_writer import VdiWriter
 
 
 class Session:
@@ -74,29 +74,57 @@ def test_a_new_session_refuses_writes_bound_to_the_old_one(session_and_replica):
 
 
 class RecordingGateway:
+    """Records the mutations a writer sends; ``fail`` makes the next one raise."""
+
     def __init__(self):
         self.calls = []
+        self.fail = None
+        self._seq = 100
+
+    def next_seq(self):
+        self._seq += 1
+        return self._seq
 
     def write(self, *args, **kw):
         self.calls.append(("write", args, kw))
+        if self.fail:
+            exc, self.fail = self.fail, None
+            raise exc
+        return 4
 
     def remove(self, *args, **kw):
         self.calls.append(("remove", args, kw))
+        return 4
 
     def read(self, *args):
         return b"r"
 
-    def flush(self):
-        self.calls.append(("flush", (), {}))
+    def flush(self, settle=()):
+        self.calls.append(("flush", (), {"settle": settle}))
 
 
-def test_session_bound_gateway_passes_its_generation_on_every_mutation():
+def test_vdi_writer_stamps_every_mutation_with_its_lock_generation_and_session():
     gw = RecordingGateway()
-    bound = SessionBoundGateway(gw, generation=3)
-    bound.write(1, 0, b"x", 2, create=True)
-    bound.remove(1, 2)
-    bound.flush()
-    assert bound.read(1, 0, 1, 2) == b"r"
-    assert gw.calls == [("write", (1, 0, b"x", 2, True), {"generation": 3}),
-                        ("remove", (1, 2), {"generation": 3}),
-                        ("flush", (), {})]
+    writer = VdiWriter(gw, vid=0x42, generation=3, session=7)
+    assert writer.write(1, 0, b"x", 2, create=True) == 4
+    writer.remove(1, 2)
+    assert writer.read(1, 0, 1, 2) == b"r"
+    assert gw.calls[0] == ("write", (1, 0, b"x", 2, True),
+                           {"generation": 3, "seq": 101, "session": 7})
+    assert gw.calls[1] == ("remove", (1, 2), {"generation": 3, "seq": 102, "session": 7})
+    writer.flush()
+    assert gw.calls[2] == ("flush", (), {"settle": [(0x42, 3, 102)]})   # both completed
+    assert writer.clean
+
+
+def test_a_failed_mutation_is_never_settled_and_makes_the_writer_unclean():
+    gw = RecordingGateway()
+    writer = VdiWriter(gw, vid=0x42, generation=3, session=7)
+    writer.write(1, 0, b"a", 2)                      # seq 101: done everywhere
+    gw.fail = NoSpace("full")
+    with pytest.raises(NoSpace):
+        writer.write(1, 0, b"b", 2)                  # seq 102: may have reached some replicas
+    writer.write(1, 0, b"c", 2)                      # seq 103
+    assert writer.settled_mark() == 101 and not writer.clean
+    writer.flush()
+    assert gw.calls[-1] == ("flush", (), {"settle": [(0x42, 3, 101)]})

@@ -1,7 +1,6 @@
 """Volume byte-range I/O against an in-memory gateway."""
 import threading
 import time
-from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -12,52 +11,10 @@ from vdi.inode import ObjectMap, decode_header
 from vdi.objects import INODE_HEADER_BYTES, MAX_INDEXES, data_oid, inode_oid, nr_indexes
 from vdi.volume import Volume
 
+from tests.unit.vdi.fake_gateway import FakeGateway
+
 OS = 4096  # small objects keep the tests fast
 VID, PARENT = 0x7C2B26, 0x7C2B25
-
-
-class FakeGateway:
-    """oid -> bytearray; objects are sparse (a read past the written end is short,
-    as from a sparse file); counts calls."""
-
-    def __init__(self):
-        self.objects: dict[int, bytearray] = {}
-        self.calls = Counter()
-        self.created: list[int] = []
-        self.hook = None  # called as hook(op, oid, create) before each write
-
-    def read(self, oid, offset, length, copies):
-        self.calls["read"] += 1
-        if oid not in self.objects:
-            raise NoObject("no object", oid=oid)
-        return bytes(self.objects[oid][offset:offset + length])
-
-    def write(self, oid, offset, data, copies, create=False):
-        self.calls["write"] += 1
-        if self.hook:
-            self.hook("write", oid, create)
-        obj = self.objects.get(oid)
-        if obj is None:
-            if not create:
-                raise NoObject("no object", oid=oid)
-            obj = self.objects[oid] = bytearray()
-            self.created.append(oid)
-        data = bytes(data)
-        if len(obj) < offset + len(data):
-            obj.extend(bytes(offset + len(data) - len(obj)))
-        obj[offset:offset + len(data)] = data
-
-    def remove(self, oid, copies):
-        self.calls["remove"] += 1
-        if oid not in self.objects:
-            raise NoObject("no object", oid=oid)
-        del self.objects[oid]
-
-    def flush(self):
-        self.calls["flush"] += 1
-
-    def data_objects(self):
-        return {o for o in self.objects if not o >> 63}
 
 
 def new_volume(gw, size, vid=VID, objmap=None, readonly=False):
@@ -382,3 +339,25 @@ def test_volume_matches_bytearray_model(ops, with_parent):
     assert {o for o in gw.data_objects() if o >> 32 == VID} == owned
     if parent_snapshot is not None:
         assert {o: bytes(gw.objects[o]) for o in parent_snapshot} == parent_snapshot
+
+
+def test_an_object_mapped_in_a_later_epoch_than_it_was_written_is_written_again():
+    # recovery judges liveness from the maps: an object must sit on the placement of the
+    # epoch in which its map entry appeared, so a change of epoch in between means again
+    gw = FakeGateway()
+    vol = new_volume(gw, 4 * OS)
+    oid = data_oid(VID, 1)
+    writes = []
+
+    def epoch_moves_after_the_data(op, target, create):
+        if target == inode_oid(VID) and writes and writes[-1] == (oid, True, 1):
+            gw.epoch = 2                # the data completed at 1, the entry lands at 2
+        writes.append((target, create, gw.epoch))
+    gw.hook = epoch_moves_after_the_data
+    vol.write(OS + 5, b"abc")
+    assert writes == [(oid, True, 1), (inode_oid(VID), False, 2), (oid, True, 2)]
+    assert vol.read(OS, 10) == b"\0" * 5 + b"abc\0\0"
+    # the same epoch throughout: written once
+    writes.clear()
+    vol.write(2 * OS, b"x")
+    assert [w[0] for w in writes] == [data_oid(VID, 2), inode_oid(VID)]
