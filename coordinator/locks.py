@@ -46,6 +46,10 @@ class VdiLocks:
         self._client = client
         self._layout = Layout(cluster)
 
+    def _ensure_parents(self) -> None:
+        self._client.ensure_path(self._layout.locks)
+        self._client.ensure_path(self._layout.generations)
+
     # -- generations --------------------------------------------------------------------
     def _read_generation(self, vid: int) -> tuple[dict, int | None]:
         """(value, znode version or None when it does not exist yet)."""
@@ -97,6 +101,9 @@ class VdiLocks:
                     log.info("lock: acquired vid=%06x node=%s client=%s generation=%d", vid,
                              node_id, client_addr, generation)
                     return {**value, "previous_clean": bool(previous.get("clean", True))}
+                if any(isinstance(r, NoNodeError) for r in results):
+                    self._ensure_parents()  # a cluster from before /generations existed
+                    continue
                 if isinstance(results[0], NodeExistsError):
                     holder = self._read(vid)
                     if holder is None:
@@ -167,8 +174,11 @@ class VdiLocks:
                 txn.delete(path, version=stat.version)
                 self._set_generation(txn, vid, {"generation": generation, "clean": False,
                                                 "holder": None, "since": time.time()}, version)
-                if not _failed(txn.commit()):
+                results = txn.commit()
+                if not _failed(results):
                     break
+                if isinstance(results[1], NoNodeError):
+                    self._ensure_parents()
             else:
                 raise Locked(f"VDI {vid:06x}: lock kept changing; not broken", vid=vid)
         value = decode(data) or {"vid": vid}

@@ -96,7 +96,8 @@ class _Api:
     def node(self, req: Request):
         n = self.sheep
         return {**n.member.to_dict(), "store": n.replica.stat(), "epoch": n.epochs.epoch,
-                "fenced": bool(n.coordinator.fenced), "recovery": n.recovery.progress}
+                "fenced": bool(n.coordinator.fenced), "recovery": n.recovery.progress,
+                "scrub": n.scrubber.stats if n.scrubber is not None else None}
 
     # -- vdis --------------------------------------------------------------------
     def _entry(self, e: dict) -> dict:

@@ -23,6 +23,7 @@ class SheepConfig:
     peer_timeout_s: float = 30.0
     reserve_bytes: int = 64 << 20
     scrub_bytes_per_s: int = 4 << 20
+    scrub_interval_s: float = 600.0
     log_level: str = "INFO"
 
     @property
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="free bytes the store never writes into")
     p.add_argument("--scrub-rate", type=int, default=4 << 20,
                    help="bytes per second the background scrub verifies (0: off)")
+    p.add_argument("--scrub-interval", type=float, default=600.0,
+                   help="seconds of rest between two scrub passes")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -75,4 +78,5 @@ def parse_args(argv: list[str] | None = None) -> SheepConfig:
                        nbd_port=a.nbd_port, zone=a.zone, weight=a.weight,
                        session_timeout_s=a.session_timeout, io_timeout_s=a.io_timeout,
                        reserve_bytes=a.reserve, scrub_bytes_per_s=a.scrub_rate,
+                       scrub_interval_s=a.scrub_interval,
                        log_level=a.log_level.upper())

@@ -137,7 +137,8 @@ class Sheep:
         self.lifecycle.apply_recovery()
         self.checker = Checker(self.node_id, self.gateway)
         self.scrubber = Scrubber(self.store, self.replica._io, self.gateway, self.epochs,
-                                 self.vdis, bytes_per_s=self.config.scrub_bytes_per_s)
+                                 self.vdis, bytes_per_s=self.config.scrub_bytes_per_s,
+                                 interval_s=self.config.scrub_interval_s)
         self.recovery.start()
         self.scrubber.start()
         self.exports = VdiExportProvider(self.vdis, self.locks, self.node_id)

@@ -20,6 +20,24 @@ def render_metrics(node) -> str:
                          labels=labels))
         out.append(_line("store_free_bytes", usage["free_bytes"], "free bytes on the store's disk",
                          labels=labels))
+        out.append(_line("store_checksum_errors_total", usage["corrupt_reads"],
+                         "reads that found a block failing its checksum", "counter", labels))
+        out.append(_line("store_failed", int(usage["failed"] is not None),
+                         "1 once an fsync failed (the node leaves the cluster)", labels=labels))
+        conv = node.gateway.converger
+        out.append(_line("repaired_blocks_total", conv.repaired_blocks,
+                         "corrupt blocks rewritten from a replica", "counter", labels))
+        out.append(_line("repaired_copies_total", conv.repaired_copies,
+                         "whole copies brought to the good one", "counter", labels))
+        out.append(_line("stale_generation_refusals_total", node.replica.generations.refused,
+                         "mutations refused for an older VDI lock generation", "counter",
+                         labels))
+        if node.scrubber is not None:
+            st = node.scrubber.stats
+            out.append(_line("scrub_objects_total", st["objects"], "copies verified by the scrub",
+                             "counter", labels))
+            out.append(_line("scrub_corrupt_objects_total", st["corrupt_objects"],
+                             "copies the scrub found corrupt", "counter", labels))
     if node.recovery is not None:
         p = node.recovery.progress
         out.append(_line("recovery_done_objects", p["done"], "objects checked in this pass",

@@ -69,7 +69,8 @@ from gevent.pool import Pool
 
 from coordinator.ring import Member
 from sheep.epoch import EpochState, EpochView
-from sheep.errors import Corrupt, NoObject, NoSpace, OldEpoch, SheepError, Unavailable
+from sheep.errors import (Corrupt, NewEpoch, NoObject, NoSpace, OldEpoch, SheepError,
+                          Unavailable)
 from sheep.objfile import Version
 from sheep.replica import Replica, pack_object_list, unpack_object_list
 from sheep.stale import StaleJanitor, fetch_any, list_all, version_any
@@ -400,6 +401,8 @@ class Recovery:
             except SheepError as exc:
                 if isinstance(exc, OldEpoch) or self.epochs.epoch != epoch:
                     raise OldEpoch(f"epoch {epoch} is over", epoch=self.epochs.epoch) from None
+                if not isinstance(exc, (Unavailable, NewEpoch, Corrupt, NoObject)):
+                    raise           # e.g. NoSpace: waiting does not make room
                 why = exc.message
             remaining = deadline - time.monotonic()
             if remaining <= 0:

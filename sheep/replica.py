@@ -220,7 +220,8 @@ def info_to_wire(info: dict) -> dict:
 def info_from_wire(header: dict) -> dict:
     return {"version": Version.from_wire(header["version"]), "tick": int(header["tick"]),
             "length": int(header["length"]), "digest": header["digest"],
-            "bad_blocks": list(header.get("bad_blocks") or [])}
+            "bad_blocks": list(header.get("bad_blocks") or []),
+            "sums": bytes(header.get("sums") or b"")}
 
 
 def _op_read(r: Replica, h: dict, _payload):

@@ -5,7 +5,8 @@ replica before anyone notices.  The scrubber walks this node's copies one at a t
 reads each whole (in the thread pool) and checks every block against its sum, at
 most ``bytes_per_s`` (0 turns it off); a copy with corrupt blocks is repaired from
 the replicas that hold the right bytes (`sheep.convergence`, block repairs: safe
-while the VDI is written).  One pass over every copy, then a pause, then again.
+while the VDI is written).  One pass over every copy, then ``interval_s`` of rest,
+then again.
 ``run_once()`` is one pass, for tests.  Progress and counts are in `stats`
 (``collie node info``, ``/metrics``).
 """
@@ -21,18 +22,18 @@ from sheep.errors import NoObject, SheepError
 
 log = logging.getLogger(__name__)
 
-PAUSE_BETWEEN_PASSES_S = 60.0
 
 
 class Scrubber:
     def __init__(self, store, io: Callable, gateway, epochs, vdis, bytes_per_s: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 interval_s: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self._io = io
         self.gateway = gateway
         self.epochs = epochs
         self.vdis = vdis
         self.bytes_per_s = bytes_per_s
+        self.interval_s = interval_s
         self._clock = clock
         self._worker: gevent.Greenlet | None = None
         self.stats = {"passes": 0, "objects": 0, "bytes": 0, "corrupt_objects": 0,
@@ -52,7 +53,7 @@ class Scrubber:
                 self.run_once()
             except Exception:
                 log.exception("scrub pass failed")
-            gevent.sleep(PAUSE_BETWEEN_PASSES_S)
+            gevent.sleep(self.interval_s)
 
     def run_once(self) -> dict:
         """Verify every local copy once (paced); returns the stats."""

@@ -562,6 +562,11 @@ class ObjectStore:
         self._check_usable()
         tick = self.tick_of(oid)
         version = self.version_of(oid)
+        if not os.path.exists(self.path_of(oid)):     # gone behind our back (a lost file)
+            with self._stripe(oid):
+                if not os.path.exists(self.path_of(oid)):
+                    self._forget(oid)
+            raise NoObject(f"no object {oid_name(oid)}", oid=oid)
         fd, leased = self._open_for_read(oid)
         try:
             size = max(0, os.fstat(fd).st_size - DATA_OFFSET)
