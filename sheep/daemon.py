@@ -85,11 +85,15 @@ class Sheep:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
-        # the store's identity is checked before this node registers: a store of another
-        # cluster must never become a member (no epoch, no recovery against it)
-        self.coordinator.start(admit=self._admit)
-        self._open_store()
-        self.peer_server.start()
+        # Before this node registers: the store's identity is checked (a store of another
+        # cluster must never become a member: no epoch, no recovery against it), and the
+        # store and the peer server are up (the leader may put us in an epoch at once, and
+        # every member must answer from then on).
+        try:
+            self.coordinator.start(admit=self._admit_and_open)
+        except BaseException:
+            self._stop_parts()
+            raise
         self.admin_server.start()
         self.nbd.start()
         if self.epochs.view is not None:
@@ -145,6 +149,11 @@ class Sheep:
         self.nbd = NbdServer(self.exports, self.config.bind_addr, self.config.nbd_port)
         self.exports.server = self.nbd
 
+    def _admit_and_open(self, fmt: dict | None) -> None:
+        self._admit(fmt)
+        self._open_store()
+        self.peer_server.start()
+
     def _min_copies(self) -> int:
         return int((self._fmt or {}).get("min_copies") or 1)
 
@@ -177,6 +186,10 @@ class Sheep:
         for part in (self.nbd, self.admin_server):
             if part is not None:
                 part.stop()
+        self._stop_parts()
+        self.stopped.set()
+
+    def _stop_parts(self) -> None:
         if self.recovery is not None:
             self.recovery.stop()
         if self.scrubber is not None:
@@ -188,7 +201,6 @@ class Sheep:
             if self.store.failed is None:
                 self.store.flush()
             self.store.close()
-        self.stopped.set()
 
     # -- callbacks -------------------------------------------------------------
     def _on_epoch(self, epoch: dict) -> None:
