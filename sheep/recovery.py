@@ -27,12 +27,12 @@ version has seen the latest write.  On each new epoch a pass (`run_once`):
    meanwhile (tombstones), under the object's lock in the store.
 
 Pulls run a few at a time, paced by a `Throttle` (objects/s, bytes/s; settable at
-run time, cluster-wide through ``/cluster``).  When the pass is complete, every
-pulled copy is made durable (one flush: files and directories) *before* the node
-records its ZooKeeper marker: once every member has marked, every node deletes its
-stale copies, which may be the last durable ones elsewhere.  Then copies no longer
-placed here go to the stale area, and the stale area is purged once every member
-has finished (`StaleJanitor`).  ``done_epoch`` is kept in the store directory, so a
+run time, cluster-wide through ``/cluster``).  When the pass is complete, copies no
+longer placed here go to the stale area, then every pulled copy and every move is
+made durable (one flush: files and directories) *before* the node records its
+ZooKeeper marker: once every member has marked, every node deletes its stale
+copies, which may be the last durable ones elsewhere.  The stale area is purged
+once every member has finished (`StaleJanitor`).  ``done_epoch`` is kept in the store directory, so a
 restart into the same epoch (after ``collie cluster shutdown``) starts no recovery.
 
 Carrying on.  A pass that a newer epoch overtakes stops after the pulls in flight;
@@ -244,13 +244,14 @@ class Recovery:
 
     def _finish(self, view: EpochView, catalog) -> None:
         p = self.progress
-        # what was pulled is durable before anyone may delete the copies it came from
-        self.replica._io(self.store.flush)
         moved = 0
         if self.janitor is not None:
             moved = self.janitor.retire(view.epoch,
                                         lambda oid: self._placed_here(view, oid, catalog),
                                         lambda: self.epochs.epoch)
+        # what was pulled (and moved aside) is durable before the marker lets anyone
+        # delete the copies it came from
+        self.replica._io(self.store.flush)
         if self.epochs.epoch != view.epoch:
             p["state"] = "interrupted"
             return

@@ -108,6 +108,14 @@ def _read_sums(fd: int, first: int, count: int) -> array:
     return array("I", _pread_full(fd, 4 * count, SUMS_OFFSET + 4 * first))
 
 
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _read_header(target) -> Version | None:
     """The version in a file's header (path or fd); None when unreadable."""
     try:
@@ -142,8 +150,11 @@ class ObjectStore:
         self._obj = self.root / "obj"
         self._tmp = self.root / "tmp"
         self._stale = self.root / "stale"
-        for d in (self._obj, self._tmp, self._stale):
+        created = [d for d in (self._obj, self._tmp, self._stale) if not d.is_dir()]
+        for d in created:
             d.mkdir(parents=True, exist_ok=True)
+        if created:                 # the new directories' entries survive a crash
+            _fsync_dir(str(self.root))
         self._obj_dir = str(self._obj)
         self._stripes = [lock_factory() for _ in range(STRIPES)]
         self._fds = FdCache(lock=lock_factory())
@@ -154,6 +165,7 @@ class ObjectStore:
         self._blocks: dict[int, int] = {}      # oid -> st_blocks (512-byte units)
         self._dirty: set[int] = set()          # mutated since the last flush
         self._dir_dirty = False                # obj/ entries changed since flush
+        self._stale_dirty: set[str] = set()    # stale dirs whose entries changed since flush
         self._tombstones: dict[int, Version] = {}
         self.corrupt_reads = 0                 # reads that found a block failing its sum
         self._failed: str | None = None
@@ -662,10 +674,23 @@ class ObjectStore:
                 if version is not None:
                     os.pwrite(fd, objfile.pack_header(version), 0)
                 self._fsync(fd, f"oid={oid:016x}")
-                self._blocks[oid] = os.fstat(fd).st_blocks
+                try:
+                    self._blocks[oid] = os.fstat(fd).st_blocks
+                except OSError:
+                    pass                        # removed meanwhile
             finally:
                 os.close(fd)
             synced += 1
+        while self._stale_dirty:                # copies moved aside keep their entries too
+            d = self._stale_dirty.pop()
+            try:
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                continue                        # purged since
+            try:
+                self._fsync(fd, d)
+            finally:
+                os.close(fd)
         if self._dir_dirty:
             # Cleared before the fsync: an entry changed after this line is
             # either covered by the fsync below or re-marks the flag.
@@ -697,7 +722,10 @@ class ObjectStore:
         NoObject when missing.
         """
         d = self._stale / str(epoch)
-        d.mkdir(exist_ok=True)
+        if not d.is_dir():
+            d.mkdir(exist_ok=True)
+            self._stale_dirty.add(str(self._stale))
+        self._stale_dirty.add(str(d))
         with self._stripe(oid):
             version = self._versions.get(oid)
             try:
@@ -729,6 +757,7 @@ class ObjectStore:
                 shutil.rmtree(self._stale / str(epoch), ignore_errors=True)
                 purged += 1
         if purged:
+            _fsync_dir(str(self._stale))    # a purged copy does not come back at a crash
             log.info("purged %d stale epoch dirs up to epoch=%d", purged, upto_epoch)
         return purged
 

@@ -102,7 +102,7 @@ class StoreDir:
         path = pathlib.Path(path)
         if path.exists() and not path.is_dir():
             raise StoreMismatch(f"store {path} is not a directory", store=str(path))
-        path.mkdir(parents=True, exist_ok=True)
+        _make_durable_dirs(path)
         if not (path / FILENAME).exists():
             doc = {"version": VERSION, "node_id": default_node_id, "cluster": None, "state": {}}
             _persist(path, doc)
@@ -197,6 +197,22 @@ def _persist(path: pathlib.Path, doc: dict) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path)
+
+
+def _make_durable_dirs(path: pathlib.Path) -> None:
+    """``mkdir -p`` whose new entries survive a crash (each new one's parent is fsynced)."""
+    missing = []
+    p = path.absolute()
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        _fsync_dir(d.parent)
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
