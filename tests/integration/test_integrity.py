@@ -125,3 +125,20 @@ def test_after_a_broken_lock_the_old_holder_never_writes_again(cluster_factory):
         assert collie(node, "vdi", "read", "vol", "0", "4096").stdout == b"n" * 4096
     check = api_json(n0, "/cluster/check", "POST", json={"repair": False})
     assert check["problems"] == 0, check["details"]
+
+
+def test_writes_below_min_copies_are_refused_with_a_clear_error(cluster_factory):
+    c = cluster_factory(2, copies=None)
+    n0, n1 = c.sheep
+    api_json(n0, "/cluster/format", "POST", json={"copies": 2, "min_copies": 2})
+    wait_epoch(c.sheep, 1)
+    api_json(n0, "/vdis", "POST", json={"name": "vol", "size": 8 * MiB})
+    collie(n0, "vdi", "write", "vol", "0", "5", input=b"hello")
+    n1.kill()
+    wait_epoch([n0], 2)
+    # one replica left, two required: the write is refused, not held by a single copy
+    proc = collie(n0, "vdi", "write", "vol", "0", "5", input=b"HELLO", check=False)
+    assert proc.returncode == 2 and b"min_copies" in proc.stderr, proc.stderr
+    failed = qemu_io(n0, "vol", "write -P 0x55 0 4k", check=False)
+    assert b"write failed" in failed.stdout + failed.stderr
+    assert collie(n0, "vdi", "read", "vol", "0", "5").stdout == b"hello"

@@ -110,3 +110,38 @@ def test_flushed_writes_and_completed_recovery_survive_a_power_loss(cluster_fact
             node.kill()
         for fs in disks:
             fs.close()
+
+
+def test_a_node_whose_fsync_fails_leaves_and_the_flush_is_kept_elsewhere(cluster_factory,
+                                                                        tmp_path):
+    c = cluster_factory(3, copies=None, start=False)
+    disk = LazyFS(tmp_path / "disk", tmp_path / "mnt")
+    try:
+        disk.mount()
+        bad = c.sheep[2]
+        bad.dir, bad.log_dir = disk.mountpoint / "store", tmp_path / "logs"
+        c.start()
+        n0 = c.sheep[0]
+        api_json(n0, "/cluster/format", "POST", json={"copies": 3, "block_size_shift": 20})
+        wait_epoch(c.sheep, 1)
+        api_json(n0, "/vdis", "POST", json={"name": "vol", "size": 4 * MiB})
+        qemu_io(n0, f"write -P 0x41 0 {4 * MiB}", "flush")
+
+        # the disk under node 2 fails the next fsync of an object (its dirty pages are
+        # dropped, as Linux does): that copy lost writes it had acknowledged
+        disk.fail_fsync("store/obj/", count=1)
+        qemu_io(n0, f"write -P 0x42 0 {MiB}", "flush")   # the FLUSH still succeeds
+
+        # the node does not pretend: it leaves the cluster (exit 1), the others hold the data
+        assert bad._proc.wait(timeout=30) == 1
+        assert "store failed" in bad.log_tail()
+        wait_epoch(c.sheep[:2], 2)
+        assert api_json(n0, "/cluster")["epochs"][-1]["members"] == \
+            sorted(n.node_id for n in c.sheep[:2])
+        data = collie(n0, "vdi", "read", "vol", "0", str(4 * MiB)).stdout
+        assert data == b"\x42" * MiB + b"\x41" * 3 * MiB
+        assert collie(c.sheep[1], "vdi", "read", "vol", "0", str(4 * MiB)).stdout == data
+    finally:
+        for node in c.sheep:
+            node.kill()
+        disk.close()

@@ -262,3 +262,37 @@ def test_recovery_is_answered_only_after_older_mutations_have_finished(tmp_path)
     assert answered
     with pytest.raises(OldEpoch):              # a pass of an older epoch is refused
         r.handle({"op": "list_all", "epoch": 3}, b"")
+
+
+def test_each_pass_places_objects_by_the_copies_the_catalog_says_now(tmp_path):
+    # a vid reused by a VDI with more copies: the placement must follow the catalog of
+    # this pass, not a cache filled for the VDI that had the vid before
+    c = FakeCluster(tmp_path, 2, epoch=4, catalog=Catalog(copies=1))
+    oid = next(o for o in range(1, 50)
+               if c.epochs.view.ring.replicas(o, 1)[0].node_id == "n1")
+    c.stores["n1"].write(oid, 0, b"x", V[3], create=True)
+    rec = c.recoveries["n0"]
+    assert rec.run_once(c.epochs.view)["total"] == 0        # one copy: not ours
+    c.catalog.copies = 2
+    c.bump()
+    assert rec.run_once(c.epochs.view)["pulled"] == 1       # two copies now: pulled here
+    assert c.stores["n0"].read(oid, 0, 1) == b"x"
+
+
+def test_the_recovered_epoch_is_persisted_off_the_event_loop(tmp_path):
+    import threading
+    c = FakeCluster(tmp_path, 2, epoch=4)
+
+    class StateStore:
+        threads = []
+
+        def get(self, key, default=None):
+            return default
+
+        def set(self, key, value):
+            self.threads.append(threading.get_ident())     # fsyncs: never on the loop
+
+    rec = c.recoveries["n0"]
+    rec._state_store = StateStore()
+    rec.run_once(c.epochs.view)
+    assert StateStore.threads and threading.get_ident() not in StateStore.threads
