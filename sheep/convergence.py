@@ -252,10 +252,11 @@ def _report(oid: int, p: Plan, hopeless: dict) -> dict:
     problems = [{"node": m.node_id, "problem": why} for m, why in p.targets.items()]
     problems += [{"node": m.node_id, "problem": f"unreachable: {why}"}
                  for m, why in p.unreachable.items()]
-    for m, blocks in hopeless.items():
-        problems.append({"node": m.node_id, "problem": f"no majority: block(s) {blocks[:8]} "
-                         "fail their checksum and no replica holds their right bytes; "
-                         "nothing changed"})
+    if hopeless:
+        blocks = sorted({k for ks in hopeless.values() for k in ks})
+        problems.append({"node": "-", "problem": f"no majority: block(s) {blocks[:8]} fail "
+                         "their checksum and no replica holds their right bytes; nothing "
+                         "changed"})
     if p.verdict == "no-majority" and not hopeless:
         problems.append({"node": "-", "problem": "no majority: no intact copy of the newest "
                                                  f"version {p.version}; nothing changed"})
