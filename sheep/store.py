@@ -108,6 +108,23 @@ def _read_sums(fd: int, first: int, count: int) -> array:
     return array("I", _pread_full(fd, 4 * count, SUMS_OFFSET + 4 * first))
 
 
+def _merged_sum(fd: int | None, blk: int, offset: int, view: memoryview) -> int:
+    """The sum of block ``blk`` once the write (``view`` at ``offset``) covers part of it;
+    the rest is the block's current bytes (zeros without ``fd``), checked first: merging into
+    a corrupt block would give garbage a valid sum."""
+    lo, hi = max(offset, blk * BLOCK), min(offset + view.nbytes, (blk + 1) * BLOCK)
+    if fd is None:
+        block = bytearray(BLOCK)
+    else:
+        block = bytearray(_pread_full(fd, BLOCK, DATA_OFFSET + blk * BLOCK))
+        (stored,) = _read_sums(fd, blk, 1)
+        if objfile.block_sum(block) != stored:
+            raise Corrupt(f"block {blk} fails its checksum; repair it before a partial write",
+                          blocks=[blk])
+    block[lo - blk * BLOCK:hi - blk * BLOCK] = view[lo - offset:hi - offset]
+    return objfile.block_sum(block)
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -425,25 +442,16 @@ class ObjectStore:
         """The new sums of the blocks a write touches; a partly written block is merged
         with its current bytes (zeros when ``fd`` is None: a fresh copy)."""
         end = offset + view.nbytes
-        first, last = offset // BLOCK, (end - 1) // BLOCK
-        sums = array("I", bytes(4 * (last - first + 1)))
-        for blk in range(first, last + 1):
-            lo, hi = max(offset, blk * BLOCK), min(end, (blk + 1) * BLOCK)
-            piece = view[lo - offset:hi - offset]
-            if hi - lo == BLOCK:
-                sums[blk - first] = objfile.block_sum(piece)
-                continue
-            if fd is None:
-                block = bytearray(BLOCK)
-            else:
-                block = bytearray(_pread_full(fd, BLOCK, DATA_OFFSET + blk * BLOCK))
-                (stored,) = _read_sums(fd, blk, 1)
-                if objfile.block_sum(block) != stored:
-                    # merging into a corrupt block would give garbage a valid sum
-                    raise Corrupt(f"block {blk} fails its checksum; repair it before a "
-                                  "partial write", blocks=[blk])
-            block[lo - blk * BLOCK:hi - blk * BLOCK] = piece
-            sums[blk - first] = objfile.block_sum(block)
+        whole_lo, whole_hi = -(-offset // BLOCK) * BLOCK, end // BLOCK * BLOCK
+        if whole_lo >= whole_hi:                      # no whole block: one or two partial ones
+            return array("I", [_merged_sum(fd, blk, offset, view)
+                               for blk in range(offset // BLOCK, (end - 1) // BLOCK + 1)])
+        sums = array("I")
+        if offset < whole_lo:
+            sums.append(_merged_sum(fd, offset // BLOCK, offset, view))
+        sums.extend(objfile.sums_of(view[whole_lo - offset:whole_hi - offset]))
+        if whole_hi < end:
+            sums.append(_merged_sum(fd, whole_hi // BLOCK, offset, view))
         return sums
 
     def _build(self, oid: int, offset: int, view: memoryview, version: Version) -> None:

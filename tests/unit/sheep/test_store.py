@@ -6,6 +6,8 @@ import os
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sheep import objfile
 from sheep.errors import Corrupt, InvalidRequest, NoObject, NoSpace, Unavailable
@@ -551,3 +553,23 @@ def test_read_cached_serves_hot_data_and_declines_otherwise(store):
     assert store.read_cached(DATA_OID, 8192, 4096) is None
     with pytest.raises(InvalidRequest):
         store.read_cached(DATA_OID, OBJ, 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5 * BLOCK), st.integers(1, 3 * BLOCK),
+                          st.booleans()), min_size=1, max_size=8))
+def test_any_sequence_of_writes_reads_back_with_valid_sums(tmp_path_factory, writes):
+    store = ObjectStore(tmp_path_factory.mktemp("h"), OBJ)
+    model = bytearray()
+    for i, (offset, length, create) in enumerate(writes):
+        data = bytes([i + 1]) * length
+        if create or not model:
+            model = bytearray(offset + length)
+            store.write(DATA_OID, offset, data, V1, create=True)
+        else:
+            store.write(DATA_OID, offset, data, V1)
+        model.extend(bytes(max(0, offset + length - len(model))))
+        model[offset:offset + length] = data
+    assert store.read(DATA_OID, 0, len(model)) == bytes(model)
+    assert store.info(DATA_OID)["bad_blocks"] == []
+    assert store.read_whole(DATA_OID)[1].ljust(len(model), b"\0") == bytes(model)
