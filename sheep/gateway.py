@@ -148,7 +148,8 @@ class Gateway:
                 self.local.write(epoch, oid, offset, data, create, generation, seq)
             else:
                 self._call(m, {**header, "epoch": epoch}, data)
-        return self._mutate(oid, copies, send, session, in_place=not create, write=True)
+        return self._mutate(oid, copies, send, session, in_place=not create, write=True,
+                            stamp=(generation, seq))
 
     def remove(self, oid: int, copies: int, *, generation: int = 0, seq: int | None = None,
                session: int | None = None) -> int:
@@ -160,10 +161,11 @@ class Gateway:
             else:
                 self._call(m, {"op": "remove", "epoch": epoch, "oid": oid,
                                "generation": generation, "seq": seq})
-        return self._mutate(oid, copies, send, session, in_place=False, write=False)
+        return self._mutate(oid, copies, send, session, in_place=False, write=False,
+                            stamp=(generation, seq))
 
     def _mutate(self, oid: int, copies: int, send, session: int | None, *, in_place: bool,
-                write: bool) -> int:
+                write: bool, stamp: tuple[int, int]) -> int:
         deadline = time.monotonic() + self.io_timeout_s
         resyncs = 0
         while True:
@@ -191,7 +193,7 @@ class Gateway:
             applied = [m for m, e in results.items() if e is None]
             final = [m for m, e in results.items() if isinstance(e, NoSpace)]
             if final and applied:
-                self._diverged(oid, copies, applied, final, view, session)
+                self._diverged(oid, copies, applied, final, view, stamp)
             missing = [m for m, e in results.items() if isinstance(e, (NoObject, Corrupt))]
             if in_place and missing:
                 if len(missing) == len(targets) and all(
@@ -208,7 +210,7 @@ class Gateway:
                                or errors, deadline)
 
     def _diverged(self, oid: int, copies: int, applied: list[Member], refused: list[Member],
-                  view: EpochView, session: int | None) -> None:
+                  view: EpochView, stamp: tuple[int, int]) -> None:
         """A write applied by some replicas and refused for good by others: converge, or
         drop the refusing copies so nobody reads their old bytes."""
         log.warning("oid=%016x write applied on %s, refused on %s: converging", oid,
@@ -216,13 +218,14 @@ class Gateway:
         report = self.resync(oid, copies)
         if report["verdict"] == "ok":
             return
+        generation, seq = stamp
         for m in refused:
             try:
                 if m.node_id == self.node_id:
-                    self.local.remove(view.epoch, oid, 0, 0)
+                    self.local.remove(view.epoch, oid, generation, seq)
                 else:
                     self._call(m, {"op": "remove", "epoch": view.epoch, "oid": oid,
-                                   "generation": 0, "seq": 0})
+                                   "generation": generation, "seq": seq})
                 log.warning("oid=%016x dropped the divergent copy on %s", oid, m.node_id)
             except SheepError as exc:
                 log.error("oid=%016x divergent copy on %s could not be dropped: %s", oid,
@@ -365,10 +368,12 @@ class Gateway:
         h, _ = self.call_member(m, header, b"".join(blocks[k][1] for k in order))
         return int(h.get("repaired", 0))
 
-    def broadcast(self, header: dict, what: str) -> dict[Member, tuple]:
+    def broadcast(self, header: dict, what: str,
+                  timeout_s: float | None = None) -> dict[Member, tuple]:
         """Send ``header`` to every member of the current epoch until all of them answered
-        in one epoch (waiting for the next epoch when one cannot be reached)."""
-        deadline = time.monotonic() + self.io_timeout_s
+        in one epoch (waiting for the next epoch when one cannot be reached), for at most
+        ``timeout_s`` (the I/O timeout by default)."""
+        deadline = time.monotonic() + (self.io_timeout_s if timeout_s is None else timeout_s)
         while True:
             view = self._view(deadline)
             jobs = {m: gevent.spawn(self.call_member, m, {**header, "epoch": view.epoch})

@@ -29,6 +29,8 @@ from sheep.errors import SheepError, Unavailable
 
 log = logging.getLogger(__name__)
 
+SETTLE_TIMEOUT_S = 2.0
+
 
 class VdiFencing:
     def __init__(self, locks, gateway, node_id: str) -> None:
@@ -58,9 +60,14 @@ class VdiFencing:
             try:
                 self.gateway.broadcast({"op": "settle", "vid": vid,
                                         "generation": writer.generation,
-                                        "seq": writer.settled_mark()}, "settle")
+                                        "seq": writer.settled_mark()}, "settle",
+                                       timeout_s=SETTLE_TIMEOUT_S)
             except SheepError as exc:
-                log.info("vid=%06x settle before release failed: %s", vid, exc)
+                # a member is unreachable: let the next holder look (a resync of what this
+                # writer touched since its last flush) rather than hold the lock meanwhile
+                log.info("vid=%06x settle before release failed (%s): released unclean", vid,
+                         exc)
+                clean = False
         return self.locks.release(vid, self.node_id, clean=clean)
 
     def _release_quietly(self, vid: int, clean: bool) -> None:

@@ -64,8 +64,10 @@ def test_a_fan_out_that_straddled_an_epoch_change_is_sent_again_to_the_new_place
 
 
 def test_a_replica_refusing_what_the_others_applied_leaves_no_copies_apart(tmp_path):
-    c = Cluster(tmp_path, 3)
-    gw = c.nodes[0].gateway
+    gens = Generations()
+    c = Cluster(tmp_path, 3, generation_of=gens.generation)
+    lock = VdiFencing(gens, c.nodes[0].gateway, "n0").take(VID, 3, "a")
+    gw = VdiWriter(c.nodes[0].gateway, VID, lock["generation"], None)
     gw.write(OID, 0, b"a" * MiB, 3, create=True)
     full = c.nodes[2]
     full.store.space.reserve_bytes = 1 << 60        # node 2's disk is full from now on
