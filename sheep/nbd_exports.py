@@ -1,7 +1,11 @@
 """NBD exports of this sheep: VDIs as `nbd_frontend` Exports.
 
 Export ``NAME`` is the working VDI, read-write, and holds the VDI's lock (an
-ephemeral znode of this node's session) from attach to detach.  ``NAME@TAG`` or
+ephemeral znode of this node's session) from attach to detach, taken through
+`VdiService.take` (fenced, resynced after an unclean hand-over: `sheep.vdi_fencing`);
+its Volume writes through the `VdiWriter` of that lock, and a write refused as coming
+from a superseded generation revokes the export.  At detach the lock is given back
+"clean" when every write reached every replica.  ``NAME@TAG`` or
 ``NAME@ID`` is a snapshot, read-only, lock-free.  When the lock disappears
 while attached (``collie vdi lock unlock`` or a lost session) the export is
 revoked at once: every later request fails and the NBD server drops the client.

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def list_all(store: ObjectStore) -> dict[int, Version]:
     """Live objects plus stale copies (a live copy wins unless a stale one is newer)."""
-    out = store.list_stale()
+    out = store.stale.list()
     for oid, version in store.list_objects().items():
         if oid not in out or version >= out[oid]:
             out[oid] = version
@@ -48,7 +48,7 @@ def list_all(store: ObjectStore) -> dict[int, Version]:
 
 def version_any(store: ObjectStore, oid: int) -> Version:
     """The newest version of ``oid`` here, live or stale; NoObject when neither exists."""
-    best = store.stale_version_of(oid)
+    best = store.stale.version_of(oid)
     try:
         live = store.version_of(oid)
     except NoObject:
@@ -68,7 +68,7 @@ def fetch_any(store: ObjectStore, oid: int) -> tuple[Version, bytes]:
     except NoObject:
         live = None
     try:
-        stale = store.read_stale(oid)
+        stale = store.stale.read(oid)
     except NoObject:
         stale = None
     if live is None and stale is None:
@@ -127,7 +127,7 @@ class StaleJanitor:
                 changed.wait(1.0)
                 continue
             if members <= done:
-                n = self._io(self.store.purge_stale, epoch)
+                n = self._io(self.store.stale.purge, epoch)
                 log.info("epoch=%d recovered on every member; %d stale dirs purged", epoch, n)
                 try:
                     self.markers.prune_recovery_markers(epoch)

@@ -46,7 +46,6 @@ import logging
 import os
 import pathlib
 import random
-import shutil
 import threading
 import time
 from array import array
@@ -56,7 +55,10 @@ from sheep import objfile
 from sheep.errors import Corrupt, InvalidRequest, NoObject, NoSpace, Unavailable
 from sheep.fdcache import FdCache
 from sheep.objfile import BLOCK, DATA_OFFSET, SUMS_OFFSET, ZERO, Version
+from sheep.objio import (build_copy, fsync_dir, oid_name, parse_oid, pread_full, pwrite_all,
+                         read_header, read_sums, read_verified, whole_verified, write_in_place)
 from sheep.space import SpaceReserve
+from sheep.stale_area import StaleArea
 
 log = logging.getLogger(__name__)
 
@@ -64,86 +66,6 @@ OID_LIMIT = 1 << 64
 STRIPES = 64
 NOWAIT = getattr(os, "RWF_NOWAIT", 0)   # Linux >= 4.14 for reads
 ANY_TICK = None
-
-
-def oid_name(oid: int) -> str:
-    """The file name of an object: 16 lowercase hex digits."""
-    return f"{oid:016x}"
-
-
-def _parse_oid(name: str) -> int | None:
-    if len(name) != 16:
-        return None
-    try:
-        return int(name, 16)
-    except ValueError:
-        return None
-
-
-def _pread_full(fd: int, length: int, offset: int) -> bytes:
-    """``length`` bytes at ``offset``; what lies past the end of the file reads as zeros."""
-    data = os.pread(fd, length, offset)
-    if len(data) == length:
-        return data
-    parts, got = [data], len(data)
-    while got < length:
-        chunk = os.pread(fd, length - got, offset + got)
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    parts.append(bytes(length - got))
-    return b"".join(parts)
-
-
-def _pwrite_all(fd: int, view, offset: int) -> None:
-    view = memoryview(view).cast("B")
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
-def _read_sums(fd: int, first: int, count: int) -> array:
-    return array("I", _pread_full(fd, 4 * count, SUMS_OFFSET + 4 * first))
-
-
-def _merged_sum(fd: int | None, blk: int, offset: int, view: memoryview) -> int:
-    """The sum of block ``blk`` once the write (``view`` at ``offset``) covers part of it;
-    the rest is the block's current bytes (zeros without ``fd``), checked first: merging into
-    a corrupt block would give garbage a valid sum."""
-    lo, hi = max(offset, blk * BLOCK), min(offset + view.nbytes, (blk + 1) * BLOCK)
-    if fd is None:
-        block = bytearray(BLOCK)
-    else:
-        block = bytearray(_pread_full(fd, BLOCK, DATA_OFFSET + blk * BLOCK))
-        (stored,) = _read_sums(fd, blk, 1)
-        if objfile.block_sum(block) != stored:
-            raise Corrupt(f"block {blk} fails its checksum; repair it before a partial write",
-                          blocks=[blk])
-    block[lo - blk * BLOCK:hi - blk * BLOCK] = view[lo - offset:hi - offset]
-    return objfile.block_sum(block)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_header(target) -> Version | None:
-    """The version in a file's header (path or fd); None when unreadable."""
-    try:
-        if isinstance(target, int):
-            raw = os.pread(target, objfile.HEADER_READ_BYTES, 0)
-        else:
-            with open(target, "rb") as f:
-                raw = f.read(objfile.HEADER_READ_BYTES)
-    except OSError:
-        return None
-    return objfile.unpack_header(raw)
 
 
 class ObjectStore:
@@ -166,12 +88,12 @@ class ObjectStore:
         self.space = SpaceReserve(self.root, reserve_bytes, clock, lock_factory())
         self._obj = self.root / "obj"
         self._tmp = self.root / "tmp"
-        self._stale = self.root / "stale"
-        created = [d for d in (self._obj, self._tmp, self._stale) if not d.is_dir()]
+        created = [d for d in (self._obj, self._tmp, self.root / "stale") if not d.is_dir()]
         for d in created:
             d.mkdir(parents=True, exist_ok=True)
         if created:                 # the new directories' entries survive a crash
-            _fsync_dir(str(self.root))
+            fsync_dir(str(self.root))
+        self.stale = StaleArea(self.root / "stale")
         self._obj_dir = str(self._obj)
         self._stripes = [lock_factory() for _ in range(STRIPES)]
         self._fds = FdCache(lock=lock_factory())
@@ -200,11 +122,11 @@ class ObjectStore:
 
     def _scan(self) -> None:
         for entry in os.scandir(self._obj):
-            oid = _parse_oid(entry.name)
+            oid = parse_oid(entry.name)
             if oid is None or not entry.is_file(follow_symlinks=False):
                 log.warning("ignoring unexpected entry %s in %s", entry.name, self._obj)
                 continue
-            version = _read_header(entry.path)
+            version = read_header(entry.path)
             if version is None:
                 log.warning("object oid=%016x has no valid header; treating it as oldest", oid)
                 version = ZERO
@@ -295,20 +217,12 @@ class ObjectStore:
             return b""
         fd, leased = self._open_for_read(oid)
         try:
-            data, bad = self._read_verified(fd, offset, length)
+            data, bad = read_verified(fd, offset, length)
         finally:
             self._done_reading(fd, leased)
         if bad:
             data = self._read_again_locked(oid, offset, length)
         return data
-
-    def _read_verified(self, fd: int, offset: int, length: int) -> tuple[bytes, list[int]]:
-        first = offset // BLOCK
-        last = (offset + length - 1) // BLOCK
-        raw = _pread_full(fd, (last - first + 1) * BLOCK, DATA_OFFSET + first * BLOCK)
-        bad = objfile.bad_blocks(raw, _read_sums(fd, first, last - first + 1), first)
-        skip = offset - first * BLOCK
-        return raw[skip:skip + length], bad
 
     def _read_again_locked(self, oid: int, offset: int, length: int) -> bytes:
         """A read that failed verification, again with no write in between."""
@@ -318,7 +232,7 @@ class ObjectStore:
             except FileNotFoundError:
                 raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
             try:
-                data, bad = self._read_verified(fd, offset, length)
+                data, bad = read_verified(fd, offset, length)
             finally:
                 os.close(fd)
         if bad:
@@ -366,7 +280,7 @@ class ObjectStore:
         version = self.version_of(oid)
         fd, leased = self._open_for_read(oid)
         try:
-            data, bad = self._whole_verified(fd)
+            data, bad = whole_verified(fd)
         finally:
             self._done_reading(fd, leased)
         if bad:
@@ -374,7 +288,7 @@ class ObjectStore:
                 version = self.version_of(oid)
                 fd = self._fd_locked(oid)
                 try:
-                    data, bad = self._whole_verified(fd)
+                    data, bad = whole_verified(fd)
                 finally:
                     self._fds.release(fd)
             if bad:
@@ -382,13 +296,6 @@ class ObjectStore:
                 raise Corrupt(f"object {oid_name(oid)}: {len(bad)} block(s) fail their "
                               "checksum", oid=oid, blocks=bad[:64])
         return version, data
-
-    @staticmethod
-    def _whole_verified(fd: int) -> tuple[bytes, list[int]]:
-        size = max(0, os.fstat(fd).st_size - DATA_OFFSET)
-        data = _pread_full(fd, size, DATA_OFFSET) if size else b""
-        nblocks = -(-size // BLOCK)
-        return data, objfile.bad_blocks(data, _read_sums(fd, 0, nblocks))
 
     # ------------------------------------------------------------ writes
 
@@ -428,50 +335,21 @@ class ObjectStore:
     def _write_in_place(self, oid: int, offset: int, view: memoryview, version: Version) -> None:
         fd = self._fd_locked(oid)
         try:
-            if view.nbytes:
-                sums = self._sums_for_write(fd, offset, view)
-                _pwrite_all(fd, view, DATA_OFFSET + offset)
-                os.pwrite(fd, sums, SUMS_OFFSET + 4 * (offset // BLOCK))
+            write_in_place(fd, offset, view)
         finally:
             self._fds.release(fd)
         current = self._versions.get(oid, ZERO)
         self._mutated(oid, version if version > current else current)
 
-    @staticmethod
-    def _sums_for_write(fd: int | None, offset: int, view: memoryview) -> array:
-        """The new sums of the blocks a write touches; a partly written block is merged
-        with its current bytes (zeros when ``fd`` is None: a fresh copy)."""
-        end = offset + view.nbytes
-        whole_lo, whole_hi = -(-offset // BLOCK) * BLOCK, end // BLOCK * BLOCK
-        if whole_lo >= whole_hi:                      # no whole block: one or two partial ones
-            return array("I", [_merged_sum(fd, blk, offset, view)
-                               for blk in range(offset // BLOCK, (end - 1) // BLOCK + 1)])
-        sums = array("I")
-        if offset < whole_lo:
-            sums.append(_merged_sum(fd, offset // BLOCK, offset, view))
-        sums.extend(objfile.sums_of(view[whole_lo - offset:whole_hi - offset]))
-        if whole_hi < end:
-            sums.append(_merged_sum(fd, whole_hi // BLOCK, offset, view))
-        return sums
-
-    def _build(self, oid: int, offset: int, view: memoryview, version: Version) -> None:
-        """A fresh copy (zeros plus ``view`` at ``offset``) renamed into place (stripe held)."""
+    def _build(self, oid: int, offset: int, view: memoryview, version: Version,
+               whole: bool = False) -> None:
+        """A new copy built in tmp/ and renamed into place (stripe lock held)."""
         tmp = self._tmp_path(oid)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        blocks = build_copy(tmp, version, view, offset, whole)
         try:
-            try:
-                os.pwrite(fd, objfile.pack_header(version), 0)
-                if view.nbytes:
-                    os.pwrite(fd, self._sums_for_write(None, offset, view),
-                              SUMS_OFFSET + 4 * (offset // BLOCK))
-                    _pwrite_all(fd, view, DATA_OFFSET + offset)
-                blocks = os.fstat(fd).st_blocks
-            finally:
-                os.close(fd)
             os.rename(tmp, self.path_of(oid))
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            os.unlink(tmp)
             raise
         self._mutated(oid, version, blocks)     # the tick changes before the discard
         self._fds.discard(oid)
@@ -496,35 +374,10 @@ class ObjectStore:
                         return False
                 if expect_tick is not ANY_TICK and self._ticks.get(oid, 0) != expect_tick:
                     return False
-                self._install_locked(oid, view, version)
+                self._build(oid, 0, view, version, whole=True)
                 return True
         finally:
             self.space.release(view.nbytes + BLOCK)
-
-    def _install_locked(self, oid: int, view: memoryview, version: Version) -> None:
-        tmp = self._tmp_path(oid)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            try:
-                os.pwrite(fd, objfile.pack_header(version), 0)
-                sums = objfile.sums_of(view)
-                if view.nbytes:
-                    os.pwrite(fd, sums, SUMS_OFFSET)
-                for i, pos in enumerate(range(0, view.nbytes, BLOCK)):
-                    if sums[i]:             # zero blocks stay holes
-                        _pwrite_all(fd, view[pos:pos + BLOCK], DATA_OFFSET + pos)
-                os.ftruncate(fd, DATA_OFFSET + view.nbytes)
-                blocks = os.fstat(fd).st_blocks
-            finally:
-                os.close(fd)
-            os.rename(tmp, self.path_of(oid))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        self._mutated(oid, version, blocks)     # the tick changes before the discard
-        self._fds.discard(oid)
-        self._dir_dirty = True
 
     def remove(self, oid: int, version: Version | None = None) -> None:
         """Delete a copy, leaving a tombstone at ``version``; NoObject when missing (the
@@ -566,7 +419,7 @@ class ObjectStore:
             return version
         if not os.path.exists(self.path_of(oid)):
             raise NoObject(f"no object {oid_name(oid)}", oid=oid)
-        return _read_header(self.path_of(oid)) or ZERO
+        return read_header(self.path_of(oid)) or ZERO
 
     def tick_of(self, oid: int) -> int:
         """The copy's mutation tick; 0 when there is no copy."""
@@ -591,10 +444,10 @@ class ObjectStore:
         try:
             size = max(0, os.fstat(fd).st_size - DATA_OFFSET)
             nblocks = -(-size // BLOCK)
-            sums = _read_sums(fd, 0, nblocks)
+            sums = read_sums(fd, 0, nblocks)
             bad = []
             if verify and size:
-                bad = objfile.bad_blocks(_pread_full(fd, size, DATA_OFFSET), sums)
+                bad = objfile.bad_blocks(pread_full(fd, size, DATA_OFFSET), sums)
         finally:
             self._done_reading(fd, leased)
         return {"version": version, "tick": tick, "length": size,
@@ -608,7 +461,7 @@ class ObjectStore:
         try:
             out = {}
             for k in blocks:
-                data, bad = self._read_verified(fd, k * BLOCK, BLOCK)
+                data, bad = read_verified(fd, k * BLOCK, BLOCK)
                 if bad:
                     raise Corrupt(f"object {oid_name(oid)}: block {k} fails its checksum here "
                                   "too", oid=oid, blocks=bad)
@@ -631,11 +484,11 @@ class ObjectStore:
                     if objfile.block_sum(data) != expected:
                         raise InvalidRequest(f"donor block {k} of {oid_name(oid)} does not "
                                              "match the expected sum", oid=oid)
-                    (stored,) = _read_sums(fd, k, 1)
-                    current = _pread_full(fd, BLOCK, DATA_OFFSET + k * BLOCK)
+                    (stored,) = read_sums(fd, k, 1)
+                    current = pread_full(fd, BLOCK, DATA_OFFSET + k * BLOCK)
                     if stored != expected or objfile.block_sum(current) == stored:
                         continue
-                    _pwrite_all(fd, memoryview(data)[:BLOCK], DATA_OFFSET + k * BLOCK)
+                    pwrite_all(fd, memoryview(data)[:BLOCK], DATA_OFFSET + k * BLOCK)
                     done += 1
             finally:
                 self._fds.release(fd)
@@ -729,10 +582,9 @@ class ObjectStore:
         directory is replaced.  The version in memory is written to the header first.
         NoObject when missing.
         """
-        d = self._stale / str(epoch)
-        if not d.is_dir():
-            d.mkdir(exist_ok=True)
-            self._stale_dirty.add(str(self._stale))
+        d, created = self.stale.dir_for(epoch)
+        if created:
+            self._stale_dirty.add(str(self.stale.root))
         self._stale_dirty.add(str(d))
         with self._stripe(oid):
             version = self._versions.get(oid)
@@ -749,75 +601,3 @@ class ObjectStore:
             self._forget(oid)
             self._dir_dirty = True
         log.debug("oid=%016x moved to stale epoch=%d", oid, epoch)
-
-    def _stale_epochs(self) -> list[int]:
-        epochs = []
-        for entry in os.scandir(self._stale):
-            if entry.is_dir(follow_symlinks=False) and entry.name.isdigit():
-                epochs.append(int(entry.name))
-        return sorted(epochs)
-
-    def purge_stale(self, upto_epoch: int) -> int:
-        """Delete every ``stale/<epoch>`` with epoch <= upto_epoch; return how many dirs."""
-        purged = 0
-        for epoch in self._stale_epochs():
-            if epoch <= upto_epoch:
-                shutil.rmtree(self._stale / str(epoch), ignore_errors=True)
-                purged += 1
-        if purged:
-            _fsync_dir(str(self._stale))    # a purged copy does not come back at a crash
-            log.info("purged %d stale epoch dirs up to epoch=%d", purged, upto_epoch)
-        return purged
-
-    def _stale_copies(self, oid: int | None = None):
-        """(version, path) of stale copies (of one oid, or of all: then (oid, version, path))."""
-        for stale_epoch in self._stale_epochs():
-            d = os.path.join(self._stale, str(stale_epoch))
-            if oid is not None:
-                path = os.path.join(d, oid_name(oid))
-                if os.path.exists(path):
-                    yield oid, _read_header(path) or ZERO, path
-                continue
-            for entry in os.scandir(d):
-                found = _parse_oid(entry.name)
-                if found is not None:
-                    yield found, _read_header(entry.path) or ZERO, entry.path
-
-    def list_stale(self) -> dict[int, Version]:
-        """oid -> the newest version among the stale copies of that oid."""
-        out: dict[int, Version] = {}
-        for oid, version, _path in self._stale_copies():
-            if oid not in out or version > out[oid]:
-                out[oid] = version
-        return out
-
-    def stale_version_of(self, oid: int) -> Version | None:
-        """The newest version among ``oid``'s stale copies; None when there are none."""
-        best = None
-        for _oid, version, _path in self._stale_copies(oid):
-            if best is None or version > best:
-                best = version
-        return best
-
-    def read_stale(self, oid: int) -> tuple[Version, bytes]:
-        """The newest stale copy of ``oid``: (its version, its verified bytes).
-        NoObject when no stale copy exists; Corrupt when it fails its sums."""
-        best: tuple[Version, str] | None = None
-        for _oid, version, path in self._stale_copies(oid):
-            if best is None or version >= best[0]:
-                best = (version, path)
-        if best is not None:
-            try:
-                fd = os.open(best[1], os.O_RDONLY)
-            except FileNotFoundError:
-                fd = None   # purged meanwhile
-            if fd is not None:
-                try:
-                    data, bad = self._whole_verified(fd)
-                finally:
-                    os.close(fd)
-                if bad:
-                    raise Corrupt(f"stale copy of {oid_name(oid)} fails its checksums",
-                                  oid=oid, blocks=bad[:64])
-                return best[0], data
-        raise NoObject(f"no stale copy of object {oid_name(oid)}", oid=oid)

@@ -93,14 +93,14 @@ def test_janitor_prunes_markers_only_after_its_purge(tmp_path):
     janitor = StaleJanitor(store, markers, io)
     janitor.finished(3, ["n1", "n2"], current=lambda: 4)   # a newer epoch: the waiter ends
     janitor._waiter.join(timeout=5)
-    assert markers.marked == [3] and markers.pruned == [] and store.list_stale() == {1: V1}
+    assert markers.marked == [3] and markers.pruned == [] and store.stale.list() == {1: V1}
 
     # every member has: the stale area goes first, then the older marker directories
     markers = FakeMarkers({"n2"})
     janitor = StaleJanitor(store, markers, io)
     janitor.finished(3, ["n1", "n2"], current=lambda: 3)
     janitor._waiter.join(timeout=5)
-    assert store.list_stale() == {} and markers.pruned == [3]
+    assert store.stale.list() == {} and markers.pruned == [3]
 
 
 # -- pacing: a pool of parallel pulls cannot burst past objects/s -----------------------------

@@ -506,28 +506,28 @@ def test_move_to_stale_read_and_purge(store):
     store.move_to_stale(1, 4)
     assert store.list_objects() == {2: V2}
     assert not store.exists(1)
-    assert store.read_stale(1) == (V1, b"old")
+    assert store.stale.read(1) == (V1, b"old")
     # a newer copy, made stale in a later epoch, wins
     store.write(1, 0, b"newer", V3, create=True)
     store.move_to_stale(1, 6)
     store.move_to_stale(2, 6)
-    assert store.read_stale(1) == (V3, b"newer")
+    assert store.stale.read(1) == (V3, b"newer")
     assert sorted(os.listdir(store.root / "stale")) == ["4", "6"]
     # stale copies survive a re-open and stay out of the object list
     again = reopen(store)
     assert again.list_objects() == {}
-    assert again.purge_stale(4) == 1
+    assert again.stale.purge(4) == 1
     assert sorted(os.listdir(store.root / "stale")) == ["6"]
-    assert again.read_stale(1) == (V3, b"newer")
-    assert again.purge_stale(10) == 1
+    assert again.stale.read(1) == (V3, b"newer")
+    assert again.stale.purge(10) == 1
     assert os.listdir(store.root / "stale") == []
     with pytest.raises(NoObject):
-        again.read_stale(1)
+        again.stale.read(1)
 
 
 def test_read_stale_missing(store):
     with pytest.raises(NoObject):
-        store.read_stale(42)
+        store.stale.read(42)
 
 
 def test_stale_listing_keeps_the_newest_copy_per_object(store):
@@ -537,9 +537,9 @@ def test_stale_listing_keeps_the_newest_copy_per_object(store):
     store.move_to_stale(1, 6)
     store.write(2, 0, b"c", V2, create=True)
     store.move_to_stale(2, 4)
-    assert store.list_stale() == {1: V3, 2: V2}
-    assert store.stale_version_of(1) == V3
-    assert store.stale_version_of(3) is None
+    assert store.stale.list() == {1: V3, 2: V2}
+    assert store.stale.version_of(1) == V3
+    assert store.stale.version_of(3) is None
     assert store.list_objects() == {}
 
 
