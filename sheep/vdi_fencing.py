@@ -17,7 +17,7 @@ VDI's objects (NBD attach, ``collie vdi write``, snapshot, delete, rollback):
 4. only then does the caller read the inode and do I/O.
 
 `give_back` releases the lock, "clean" when the writer has nothing in flight or
-unsettled; it first tells every replica to settle what that writer completed.
+unsettled, then tells every replica to settle what that writer completed.
 """
 from __future__ import annotations
 
@@ -53,22 +53,24 @@ class VdiFencing:
         return lock
 
     def give_back(self, vid: int, writer=None, clean: bool | None = None) -> bool:
-        """Release the lock of ``vid``; clean unless told otherwise or ``writer`` is not."""
+        """Release the lock of ``vid``; clean unless told otherwise or ``writer`` is not.
+
+        The replicas are told to settle what the writer completed afterwards, in the
+        background: that only trims their activity logs (a next holder after an unclean
+        hand-over would look at those objects once more), so the lock is free at once."""
         if clean is None:
             clean = writer is None or writer.clean
+        released = self.locks.release(vid, self.node_id, clean=clean)
         if clean and writer is not None:
-            try:
-                self.gateway.broadcast({"op": "settle", "vid": vid,
-                                        "generation": writer.generation,
-                                        "seq": writer.settled_mark()}, "settle",
-                                       timeout_s=SETTLE_TIMEOUT_S)
-            except SheepError as exc:
-                # a member is unreachable: let the next holder look (a resync of what this
-                # writer touched since its last flush) rather than hold the lock meanwhile
-                log.info("vid=%06x settle before release failed (%s): released unclean", vid,
-                         exc)
-                clean = False
-        return self.locks.release(vid, self.node_id, clean=clean)
+            gevent.spawn(self._settle, vid, writer.generation, writer.settled_mark())
+        return released
+
+    def _settle(self, vid: int, generation: int, seq: int) -> None:
+        try:
+            self.gateway.broadcast({"op": "settle", "vid": vid, "generation": generation,
+                                    "seq": seq}, "settle", timeout_s=SETTLE_TIMEOUT_S)
+        except SheepError as exc:
+            log.info("vid=%06x settle after release incomplete: %s", vid, exc)
 
     def _release_quietly(self, vid: int, clean: bool) -> None:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tests.integration.fixtures_cluster import (api_json, collie, poll, wait_epoch,
                                                 wait_recovered)
-from tests.integration.fixtures_nbd import NbdSession, run, uri
+from tests.integration.fixtures_nbd import NbdSession, run, uri, wait_unlocked
 
 MiB = 1 << 20
 OBJ = 4 * MiB
@@ -20,10 +20,14 @@ def holders(c, oid: int) -> list:
 
 
 def qemu_io(node, name: str, *cmds: str, check: bool = True):
+    """One qemu-io attach; returns once its lock is released (the next may attach anywhere)."""
     args = ["qemu-io", "-f", "raw", uri(node, name)]
     for cmd in cmds:
         args += ["-c", cmd]
-    return run(*args, check=check)
+    try:
+        return run(*args, check=check)
+    finally:
+        wait_unlocked(node, name)
 
 
 def test_a_trimmed_object_never_comes_back_with_its_node(cluster_factory):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.fixtures_cluster import api_json, collie, poll, wait_epoch, wait_recovered
-from tests.integration.fixtures_nbd import NbdSession, run, uri
+from tests.integration.fixtures_nbd import NbdSession, run, uri, wait_unlocked
 from tests.integration.lazyfs import LazyFS
 
 MiB = 1 << 20
@@ -23,11 +23,15 @@ def stale_entries(node) -> int:
     return sum(1 for d in stale.iterdir() for _ in d.iterdir()) if stale.is_dir() else 0
 
 
-def qemu_io(node, *cmds: str):
+def qemu_io(node, *cmds: str, check: bool = True):
+    """One qemu-io attach; returns once its lock is released (the next may attach anywhere)."""
     args = ["qemu-io", "-f", "raw", uri(node, "vol")]
     for cmd in cmds:
         args += ["-c", cmd]
-    return run(*args, timeout=120)
+    try:
+        return run(*args, timeout=120, check=check)
+    finally:
+        wait_unlocked(node, "vol")
 
 
 def power_cycle(c, disks) -> None:
