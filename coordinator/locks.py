@@ -100,7 +100,9 @@ class VdiLocks:
                 if not _failed(results):
                     log.info("lock: acquired vid=%06x node=%s client=%s generation=%d", vid,
                              node_id, client_addr, generation)
-                    return {**value, "previous_clean": bool(previous.get("clean", True))}
+                    return {**value, "previous_clean": bool(previous.get("clean", True)),
+                            "lease": {"generation_version": 0 if version is None else version + 1,
+                                      "since": now}}
                 if any(isinstance(r, NoNodeError) for r in results):
                     self._ensure_parents()  # a cluster from before /generations existed
                     continue
@@ -116,11 +118,30 @@ class VdiLocks:
                 # the generation changed meanwhile (a break, another acquisition): again
         raise Locked(f"VDI {vid:06x}: lock contended too long", vid=vid)
 
-    def release(self, vid: int, node_id: str, clean: bool = True) -> bool:
+    def release(self, vid: int, node_id: str, clean: bool = True, lock: dict | None = None) -> bool:
         """Delete the lock if ``node_id`` holds it; True when deleted, False when it was not ours
         (or not there).  ``clean``: every write of this holder reached every replica (nothing
-        for the next holder to resynchronise)."""
+        for the next holder to resynchronise).  ``lock``: the value `acquire` returned; then
+        the release is one transaction (no reads): it fails exactly when the generation moved
+        on, i.e. when the lock was broken and is not ours any more."""
         path = self._layout.lock(vid)
+        if lock is not None and lock.get("lease"):
+            lease = lock["lease"]
+            value = {"generation": lock["generation"], "clean": clean, "holder": node_id,
+                     "since": lease["since"]}
+            with zk_unavailable("lock release"):
+                txn = self._client.transaction()
+                txn.delete(path, version=0)             # lock values are never rewritten
+                if clean:
+                    txn.set_data(self._layout.generation(vid), encode(value),
+                                 version=lease["generation_version"])
+                else:
+                    txn.check(self._layout.generation(vid), lease["generation_version"])
+                done = not _failed(txn.commit())
+            if done:
+                log.info("lock: released vid=%06x node=%s generation=%s clean=%s", vid, node_id,
+                         lock["generation"], clean)
+            return done
         with zk_unavailable("lock release"):
             for _attempt in range(20):
                 try:

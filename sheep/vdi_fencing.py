@@ -60,7 +60,8 @@ class VdiFencing:
         hand-over would look at those objects once more), so the lock is free at once."""
         if clean is None:
             clean = writer is None or writer.clean
-        released = self.locks.release(vid, self.node_id, clean=clean)
+        released = self.locks.release(vid, self.node_id, clean=clean,
+                                      lock=getattr(writer, "lock", None))
         if clean and writer is not None:
             gevent.spawn(self._settle, vid, writer.generation, writer.settled_mark())
         return released

@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 
 
 class VdiWriter:
-    def __init__(self, gateway, vid: int, generation: int, session: int | None) -> None:
+    def __init__(self, gateway, vid: int, generation: int, session: int | None,
+                 lock: dict | None = None) -> None:
         self.gateway = gateway
         self.vid = vid
         self.generation = generation
         self.session = session
+        self.lock = lock            # the lock's value from VdiLocks.acquire (None: no lock)
         self._in_flight: set[int] = set()
         self._unsettled: set[int] = set()
         self._last = 0

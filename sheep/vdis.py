@@ -65,7 +65,7 @@ class VdiService:
         if self.fencing is None:
             return VdiWriter(self.gateway, entry["vid"], self.generation(entry["vid"]), None)
         lock = self.fencing.take(entry["vid"], int(entry["copies"]), client)
-        return VdiWriter(self.gateway, entry["vid"], lock["generation"], session)
+        return VdiWriter(self.gateway, entry["vid"], lock["generation"], session, lock)
 
     def give_back(self, writer: VdiWriter, clean: bool | None = None) -> None:
         if self.fencing is not None:

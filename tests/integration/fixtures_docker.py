@@ -224,9 +224,24 @@ class ComposeCluster:
             cmd += ["-c", c]
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
         out = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+        if "@" not in vdi and "Denied by server" not in out:
+            self.wait_unlocked(service, vdi)
         assert proc.returncode == 0 and not qemu_io_failed(out), \
             f"qemu-io via {service} exited {proc.returncode}:\n{out[-3000:]}"
         return out
+
+    def wait_unlocked(self, service: str, vdi: str, timeout: float = 15) -> None:
+        """Until ``vdi`` has no lock: an NBD client exits right after its disconnect request,
+        and the sheep releases the lock a moment later (the next attach must wait for it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if not any(lk.get("name") == vdi
+                           for lk in self.api(service, "/locks", timeout=5)["locks"]):
+                    return
+            except (requests.RequestException, AssertionError, KeyError, ValueError):
+                return          # that sheep cannot say (stopped, cut off): nothing to wait for
+            time.sleep(0.05)
 
     def in_container(self, service: str, *cmd: str) -> tuple[int, str]:
         """Run a command inside a sheep's container (its own loopback: works while cut off)."""

@@ -6,6 +6,7 @@ import json
 import subprocess
 
 from tests.integration.fixtures_cluster import api, api_json, collie, poll
+from tests.integration.fixtures_nbd import wait_unlocked
 
 SYSTEM_PYTHON = "/usr/bin/python3"     # Debian's python: the one with libnbd
 MiB = 1 << 20
@@ -24,6 +25,8 @@ def qemu_io(node, export: str, *commands: str, readonly: bool = False,
         cmd += ["-c", c]
     proc = subprocess.run(cmd, capture_output=True, timeout=60)
     out = (proc.stdout + proc.stderr).decode(errors="replace")
+    if "@" not in export and "Denied by server" not in out:
+        wait_unlocked(node, export)     # its lock goes a moment after the client exits
     if check and (proc.returncode != 0 or "failed" in out.lower()):
         raise AssertionError(f"{' '.join(cmd)} -> {proc.returncode}: {out}")
     return out

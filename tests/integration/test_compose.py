@@ -107,10 +107,13 @@ def test_io_from_the_host_through_every_sheep(compose_cluster: ComposeCluster, t
     src.write_bytes(os.urandom(size))
     subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src),
                     c.nbd_uri("sheep1", "vm1")], check=True, capture_output=True, timeout=180)
-    # one attacher at a time: each qemu-img exits (and unlocks) before the next one attaches
+    c.wait_unlocked("sheep1", "vm1")
+    # one attacher at a time: each qemu-img exits, and its sheep unlocks a moment later,
+    # before the next one attaches
     for service in IDS:
         proc = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(src),
                                c.nbd_uri(service, "vm1")], capture_output=True, timeout=180)
+        c.wait_unlocked(service, "vm1")
         assert proc.returncode == 0, f"via {service}: {proc.stdout!r} {proc.stderr!r}"
     c.wait_full_redundancy(objects_for(size))
 

@@ -258,6 +258,31 @@ def test_locks(zk, zk_server, zk_chroot):
     assert gone == [0x7C2B25]
 
 
+def test_lock_generations_fence_every_holder(zk, zk_chroot):
+    locks = VdiLocks(zk, zk_chroot)
+    vid = 0x42
+    assert locks.generation(vid) == 0
+    # every acquisition bumps the generation; the value says whether the last one let go
+    # cleanly (nothing for the next holder to resynchronise)
+    first = locks.acquire(vid, "n1", "c1")
+    assert (first["generation"], first["previous_clean"]) == (1, True)
+    assert locks.release(vid, "n1", clean=False, lock=first)
+    second = locks.acquire(vid, "n2", "c2")
+    assert (second["generation"], second["previous_clean"]) == (2, False)
+    # a break bumps it too; the broken holder's release (one transaction) then fails and
+    # leaves the next holder's lock alone
+    broken = locks.break_lock(vid)
+    assert broken["new_generation"] == 3 and locks.generation(vid) == 3
+    third = locks.acquire(vid, "n3", "c3")
+    assert third["generation"] == 4 and not third["previous_clean"]
+    assert not locks.release(vid, "n2", lock=second)
+    assert locks.get(vid)["node_id"] == "n3"
+    assert locks.release(vid, "n3", clean=True, lock=third)
+    assert locks.get(vid) is None
+    fourth = locks.acquire(vid, "n1", "c1")
+    assert (fourth["generation"], fourth["previous_clean"]) == (5, True)
+
+
 def expire_session(client: KazooClient, hosts: str) -> int:
     """Expire ``client``'s session the way kazoo's harness does: attach a second client to the
     same session and close it.  Returns the old session id."""

@@ -24,10 +24,12 @@ def qemu_io(node, name: str, *cmds: str, check: bool = True):
     args = ["qemu-io", "-f", "raw", uri(node, name)]
     for cmd in cmds:
         args += ["-c", cmd]
-    try:
-        return run(*args, check=check)
-    finally:
+    res = run(*args, check=False)
+    if b"Denied by server" not in res.stdout + res.stderr:
         wait_unlocked(node, name)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} -> {res.returncode}: {res.stdout!r} {res.stderr!r}")
+    return res
 
 
 def test_a_trimmed_object_never_comes_back_with_its_node(cluster_factory):

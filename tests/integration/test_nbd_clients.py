@@ -36,11 +36,23 @@ def cluster(request, tmp_path_factory):
     yield from module_cluster(request, tmp_path_factory, nodes=3, copies=3)
 
 
+def run_check(res, cmd) -> None:
+    if res.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} -> {res.returncode}\n"
+                             f"stdout: {res.stdout.decode(errors='replace')}\n"
+                             f"stderr: {res.stderr.decode(errors='replace')}")
+
+
 def qemu_io(node, name, *cmds, check=True):
     args = []
     for c in cmds:
         args += ["-c", c]
-    return run("qemu-io", "-f", "raw", uri(node, name), *args, check=check)
+    res = run("qemu-io", "-f", "raw", uri(node, name), *args, check=False)
+    if b"Denied by server" not in res.stderr + res.stdout:
+        wait_unlocked(node, name)       # its lock goes a moment after the client exits
+    if check:
+        run_check(res, ["qemu-io", uri(node, name), *args])
+    return res
 
 
 def runs(model: bytearray, start: int, end: int):

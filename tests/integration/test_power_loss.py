@@ -28,10 +28,12 @@ def qemu_io(node, *cmds: str, check: bool = True):
     args = ["qemu-io", "-f", "raw", uri(node, "vol")]
     for cmd in cmds:
         args += ["-c", cmd]
-    try:
-        return run(*args, timeout=120, check=check)
-    finally:
+    res = run(*args, timeout=120, check=False)
+    if b"Denied by server" not in res.stdout + res.stderr:
         wait_unlocked(node, "vol")
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} -> {res.returncode}: {res.stdout!r} {res.stderr!r}")
+    return res
 
 
 def power_cycle(c, disks) -> None:

@@ -32,7 +32,7 @@ class Generations:
         self.clean = False
         return {"generation": self.current, "previous_clean": previous_clean}
 
-    def release(self, vid, node_id, clean=True):
+    def release(self, vid, node_id, clean=True, lock=None):
         self.released.append(clean)
         self.clean = clean
         return True
