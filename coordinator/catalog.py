@@ -7,24 +7,30 @@ and exactly one wins; the other gets ``AlreadyExists`` and probes on.
 
 Updates are optimistic: ``get_with_version`` returns the znode version and
 ``update(..., expected_version=v)`` fails when someone else wrote in between.  There is no
-conflict class in ``sheep.errors`` (and this package does not own it), so a version
+conflict class in ``common.errors`` (and this package does not own it), so a version
 conflict raises ``AlreadyExists`` with ``data["conflict"] = True`` and the versions:
 "a newer entry already exists; re-read and retry".
 
 Every kazoo failure that means "ZooKeeper is not reachable right now" becomes
-``sheep.errors.Unavailable``; nothing kazoo leaks out of this package.
+``common.errors.Unavailable``; nothing kazoo leaks out of this package.
 """
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
 
-from kazoo.exceptions import (BadVersionError, ConnectionClosedError, ConnectionLoss,
-                              NodeExistsError, NoNodeError, OperationTimeoutError,
-                              SessionExpiredError)
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    NodeExistsError,
+    NoNodeError,
+    OperationTimeoutError,
+    SessionExpiredError,
+)
 
+from common.errors import AlreadyExists, InvalidRequest, NotFound, Unavailable
 from coordinator.layout import Layout, decode, encode, parse_vid
-from sheep.errors import AlreadyExists, InvalidRequest, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -58,14 +58,14 @@ import time
 import gevent
 from gevent.event import Event
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import (BadVersionError, KazooException, NodeExistsError, NoNodeError)
+from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 from kazoo.handlers.gevent import SequentialGeventHandler
 
+from common.errors import AlreadyExists, InvalidRequest, SheepError, Unavailable
 from coordinator.catalog import zk_unavailable
 from coordinator.cluster_state import ClusterStateMixin
 from coordinator.layout import Layout, decode, encode, epoch_numbers
 from coordinator.ring import Member
-from sheep.errors import AlreadyExists, InvalidRequest, SheepError, Unavailable
 
 log = logging.getLogger(__name__)
 

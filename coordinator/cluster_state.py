@@ -12,9 +12,9 @@ import time
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
+from common.errors import AlreadyExists, InvalidRequest, NotReady
 from coordinator.catalog import zk_unavailable
 from coordinator.layout import decode, encode, epoch_numbers
-from sheep.errors import AlreadyExists, InvalidRequest, NotReady
 
 log = logging.getLogger(__name__)
 

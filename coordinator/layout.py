@@ -30,7 +30,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sheep.errors import InvalidRequest
+from common.errors import InvalidRequest
 
 BASE = "/sheepdog"
 VID_MAX = (1 << 24) - 1

@@ -11,7 +11,7 @@ Theory of operation
   lock generation, bumped in the same transaction as every acquisition and every break,
   and ``clean``: whether the last holder released it with every write on every replica.
   Every mutation of the VDI's objects carries its writer's generation and replicas refuse
-  older ones (`sheep.generations`).
+  older ones (`sheep.replication.generations`).
 * A refused acquire raises ``Locked`` whose message names the holder, its client address and
   since when, so the NBD handshake can pass it to the user verbatim.
 * An operator breaks a lock with ``break_lock`` (``collie vdi lock unlock``).  The holder
@@ -26,9 +26,9 @@ import time
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
+from common.errors import Locked, NotFound
 from coordinator.catalog import read_vid_znodes, zk_unavailable
 from coordinator.layout import Layout, decode, encode
-from sheep.errors import Locked, NotFound
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The sheep daemon implements ``ExportProvider`` over the VDI catalog and ``Export``
 over a ``vdi.volume.Volume``; tests implement both over a bytearray.  Methods
 may block the calling greenlet (they run in the connection's request pool) and
-report failures by raising ``sheep.errors`` classes; the two tables below turn
+report failures by raising ``common.errors`` classes; the two tables below turn
 those into NBD errnos (transmission) and NBD_REP_ERR_* codes (handshake).  They
 are the only places where that translation happens.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol, runtime_checkable
 
-from sheep import errors
+from common import errors
 from nbd_frontend import protocol as p
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class ExportProvider(Protocol):
 
 # -- edge tables -----------------------------------------------------------------------
 
-# sheep.errors class -> NBD errno for a failed request (first match in MRO order wins).
+# common.errors class -> NBD errno for a failed request (first match in MRO order wins).
 ERRNO_TABLE: dict[type, int] = {
     errors.OutOfRange: p.EINVAL,
     errors.InvalidRequest: p.EINVAL,
@@ -89,7 +89,7 @@ ERRNO_TABLE: dict[type, int] = {
     errors.SheepError: p.EIO,
 }
 
-# sheep.errors class -> NBD_REP_ERR_* for a refused INFO/GO.  Locked is "policy":
+# common.errors class -> NBD_REP_ERR_* for a refused INFO/GO.  Locked is "policy":
 # qemu prints "Denied by server for option ..." followed by our message (the holder).
 OPTION_ERROR_TABLE: dict[type, int] = {
     errors.NotFound: p.REP_ERR_UNKNOWN,

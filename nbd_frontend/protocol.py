@@ -28,7 +28,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from sheep.errors import ProtocolError
+from common.errors import ProtocolError
 
 
 class NbdProtocolError(ProtocolError):

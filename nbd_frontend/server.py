@@ -33,13 +33,19 @@ import gevent
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from common.errors import SheepError
+from common.sockio import BufferWriter
 from nbd_frontend import protocol as p
 from nbd_frontend.export import Export, ExportProvider, errno_for, option_error_for
-from nbd_frontend.handshake import (CLOSED, Aborted, ExportRequest, ListRequest, Ready,
-                                    ServerHandshake)
+from nbd_frontend.handshake import (
+    CLOSED,
+    Aborted,
+    ExportRequest,
+    ListRequest,
+    Ready,
+    ServerHandshake,
+)
 from nbd_frontend.protocol import NEED_DATA, NbdProtocolError, Request, RequestParser
-from sheep.errors import SheepError
-from sheep.framing import BufferWriter
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import struct
 import sys
 from array import array
 
-from sheep.errors import InvalidRequest
+from common.errors import InvalidRequest
 from vdi.objects import ENTRY_BYTES, INODE_HEADER_BYTES, MAX_INDEXES, MAX_VID
 
 _ENTRY = struct.Struct("<I")

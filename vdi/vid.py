@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from common.errors import NoSpace
 from coordinator.ring import fnv1a64
-from sheep.errors import NoSpace
 from vdi.objects import MAX_VID, VID_MASK
 
 

@@ -43,7 +43,7 @@ import logging
 import threading
 from typing import Iterator
 
-from sheep.errors import InvalidRequest, NoObject, OutOfRange, ReadOnly
+from common.errors import InvalidRequest, NoObject, OutOfRange, ReadOnly
 from vdi.inode import ObjectMap, entry_record, inode_bytes
 from vdi.objects import INODE_HEADER_BYTES, MAX_INDEXES, data_oid, inode_oid, nr_indexes
 

@@ -40,8 +40,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from compose.local_cluster import LocalCluster  # noqa: E402
-from compose.zookeeper import free_port  # noqa: E402
+from sheepdog_local.local_cluster import LocalCluster  # noqa: E402
+from sheepdog_local.zookeeper import free_port  # noqa: E402
 
 MiB = 1 << 20
 

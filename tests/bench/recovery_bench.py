@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from compose.local_cluster import LocalCluster  # noqa: E402
+from sheepdog_local.local_cluster import LocalCluster  # noqa: E402
 
 MiB = 1 << 20
 

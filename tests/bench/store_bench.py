@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sheep import objfile  # noqa: E402
-from sheep.objfile import Version  # noqa: E402
-from sheep.store import ObjectStore  # noqa: E402
+from sheep.store import objfile  # noqa: E402
+from sheep.store.objects import ObjectStore  # noqa: E402
+from sheep.store.objfile import Version  # noqa: E402
 
 OBJ = 4 << 20
 

@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 
-from compose.local_cluster import LocalCluster
+from sheepdog_local.local_cluster import LocalCluster
 
 COLLIE = shutil.which("collie")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from compose.local_cluster import LocalCluster
+from sheepdog_local.local_cluster import LocalCluster
 from tests.integration.fixtures_cluster import api_json, poll, wait_epoch
 
 MiB = 1 << 20

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from compose.local_cluster import SheepProcess
-from compose.zookeeper import ZooKeeperServer
+from sheepdog_local.local_cluster import SheepProcess
+from sheepdog_local.zookeeper import ZooKeeperServer
 
 ZK_PORT = 2181
 
@@ -68,7 +68,7 @@ class NetnsZooKeeper(ZooKeeperServer):
         self._proc = subprocess.Popen(self.command(), stdout=self._log_file,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                       start_new_session=True)
-        check = ("import sys; from compose.zookeeper import four_letter_word as f; "
+        check = ("import sys; from sheepdog_local.zookeeper import four_letter_word as f; "
                  f"sys.exit(0 if 'Mode:' in f('{self.host}', {self.port}, 'srvr', timeout_s=0.5) "
                  "else 1)")
         deadline = time.monotonic() + timeout_s

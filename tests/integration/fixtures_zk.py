@@ -12,7 +12,7 @@ import uuid
 import gevent
 import pytest
 
-from compose.zookeeper import ZooKeeperServer, free_port
+from sheepdog_local.zookeeper import ZooKeeperServer, free_port
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gevent
 
-from sheep import errors
+from common import errors
 
 BLOCK = 64 * 1024
 HOLE, ZERO = 1, 2

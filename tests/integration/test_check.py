@@ -5,7 +5,7 @@ import json
 import os
 import re
 
-from sheep.objfile import DATA_OFFSET
+from sheep.store.objfile import DATA_OFFSET
 from tests.integration.fixtures_cluster import api, api_json, collie, poll, wait_epoch
 
 MiB = 1 << 20

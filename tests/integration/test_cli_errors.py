@@ -1,7 +1,7 @@
 """Bad input through the real collie against a real cluster: exit codes and one clear line."""
 from __future__ import annotations
 
-from compose.zookeeper import free_port
+from sheepdog_local.zookeeper import free_port
 from tests.integration.fixtures_cluster import api_json, collie, entry_json
 
 

@@ -13,12 +13,12 @@ from kazoo.client import KazooClient
 from kazoo.handlers.gevent import SequentialGeventHandler
 from kazoo.protocol.connection import _CONNECTION_DROP
 
-from compose.zookeeper import ZooKeeperServer, four_letter_word, free_port, pid_alive
+from common.errors import AlreadyExists, InvalidRequest, Locked, NotFound, NotReady, Unavailable
 from coordinator.catalog import Catalog
 from coordinator.cluster import Coordinator
 from coordinator.locks import VdiLocks
 from coordinator.ring import Member
-from sheep.errors import AlreadyExists, InvalidRequest, Locked, NotFound, NotReady, Unavailable
+from sheepdog_local.zookeeper import ZooKeeperServer, four_letter_word, free_port, pid_alive
 from tests.integration.fixtures_zk import wait_until, zk_chroot, zk_server  # noqa: F401
 
 SESSION_TIMEOUT_S = 4.0

@@ -7,7 +7,7 @@ import sys
 
 import requests
 
-from compose.zookeeper import free_port, pid_alive
+from sheepdog_local.zookeeper import free_port, pid_alive
 from tests.integration.fixtures_cluster import poll
 
 
@@ -21,7 +21,7 @@ def free_block(count: int) -> int:
 
 
 def launcher(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "compose.launcher", *args],
+    proc = subprocess.run([sys.executable, "-m", "sheepdog_local.launcher", *args],
                           capture_output=True, text=True, timeout=120)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr

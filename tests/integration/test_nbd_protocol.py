@@ -15,9 +15,9 @@ import gevent.socket as gsocket
 import gevent.subprocess as gsp
 import pytest
 
+from common import errors
 from nbd_frontend import protocol as p
 from nbd_frontend.server import NbdServer
-from sheep import errors
 from tests.integration.memory_exports import BLOCK, MemoryProvider
 
 MiB = 1 << 20

@@ -15,8 +15,7 @@ import time
 import pytest
 
 from coordinator.layout import Layout, epoch_name
-from tests.integration.fixtures_cluster import (api_json, collie, poll, wait_epoch,
-                                                wait_recovered)
+from tests.integration.fixtures_cluster import api_json, collie, poll, wait_epoch, wait_recovered
 
 MiB = 1 << 20
 

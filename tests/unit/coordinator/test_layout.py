@@ -1,9 +1,17 @@
 """The znode layout and its JSON codec (pure: no ZooKeeper)."""
 import pytest
 
-from coordinator.layout import (Layout, decode, encode, epoch_name, epoch_numbers, parse_epoch,
-                                parse_vid, vid_name)
-from sheep.errors import InvalidRequest
+from common.errors import InvalidRequest
+from coordinator.layout import (
+    Layout,
+    decode,
+    encode,
+    epoch_name,
+    epoch_numbers,
+    parse_epoch,
+    parse_vid,
+    vid_name,
+)
 
 
 def test_paths_live_under_the_cluster_root():

@@ -3,12 +3,21 @@ import struct
 
 import pytest
 
+from common import errors
 from nbd_frontend import export
 from nbd_frontend import protocol as p
-from nbd_frontend.handshake import (CLOSED, MAX_OPTION_DATA, OPTIONS, TRANSMISSION, Aborted,
-                                    ExportRequest, ListRequest, Ready, ServerHandshake)
+from nbd_frontend.handshake import (
+    CLOSED,
+    MAX_OPTION_DATA,
+    OPTIONS,
+    TRANSMISSION,
+    Aborted,
+    ExportRequest,
+    ListRequest,
+    Ready,
+    ServerHandshake,
+)
 from nbd_frontend.protocol import NEED_DATA, NbdProtocolError, Request, RequestParser
-from sheep import errors
 
 REPLY_MAGIC = struct.pack("!Q", p.OPTION_REPLY_MAGIC)
 

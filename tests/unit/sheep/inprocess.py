@@ -1,8 +1,8 @@
 """Several sheep in one process: real stores, replicas and gateways, no sockets.
 
-`LocalPeers` stands in for `sheep.peer.PeerPool`: a call is encoded and decoded with
+`LocalPeers` stands in for `sheep.peer.client.PeerPool`: a call is encoded and decoded with
 the real frame codec (so headers are what the wire carries) and handed to the
-target node's `Replica.handle`, as `sheep.server.PeerServer` does; a reply's error
+target node's `Replica.handle`, as `sheep.peer.server.PeerServer` does; a reply's error
 is raised as the same `SheepError` class.  Tests cut links (`down`), hold calls
 (`hold`: the call waits until released, like a packet stuck in the network) or run
 code when a given op reaches a node (`on`).  Every node has its own `EpochState`,
@@ -15,14 +15,14 @@ import itertools
 import gevent
 from gevent.event import Event
 
+from common.errors import SheepError, Unavailable
 from coordinator.ring import Member, Ring
-from sheep import wire
-from sheep.epoch import EpochState, EpochView
-from sheep.errors import SheepError, Unavailable
-from sheep.gateway import Gateway
-from sheep.recovery import Recovery
-from sheep.replica import Replica
-from sheep.store import ObjectStore
+from sheep.peer import wire
+from sheep.recovery.executor import Recovery
+from sheep.replication.epoch import EpochState, EpochView
+from sheep.replication.gateway import Gateway
+from sheep.replication.replica import Replica
+from sheep.store.objects import ObjectStore
 
 MiB = 1 << 20
 

@@ -1,6 +1,6 @@
 """An in-memory gateway for unit tests of the volume model.
 
-It keeps the contract of `sheep.gateway.Gateway` as the volume sees it (the same
+It keeps the contract of `sheep.replication.gateway.Gateway` as the volume sees it (the same
 contract tests run against both: ``tests/integration/test_gateway_contract.py``):
 ``create=True`` makes a fresh object (zeros plus the data) whatever was there, a write
 in place to a missing object raises ``NoObject``, removing a missing one is no error, reads
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sheep.errors import NoObject
+from common.errors import NoObject
 
 
 class FakeGateway:

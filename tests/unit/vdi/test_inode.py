@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sheep.errors import InvalidRequest
+from common.errors import InvalidRequest
 from vdi.inode import ObjectMap, decode_header, encode_header, entry_offset, inode_bytes
 from vdi.objects import INODE_HEADER_BYTES, inode_object_bytes
 

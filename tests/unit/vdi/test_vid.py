@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 
-from sheep.errors import NoSpace
+from common.errors import NoSpace
 from vdi import vid as vidmod
 from vdi.vid import first_free, name_vid, probe
 

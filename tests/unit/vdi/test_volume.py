@@ -6,12 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sheep.errors import InvalidRequest, NoObject, OutOfRange, ReadOnly
+from common.errors import InvalidRequest, NoObject, OutOfRange, ReadOnly
+from tests.unit.vdi.fake_gateway import FakeGateway
 from vdi.inode import ObjectMap, decode_header
 from vdi.objects import INODE_HEADER_BYTES, MAX_INDEXES, data_oid, inode_oid, nr_indexes
 from vdi.volume import Volume
-
-from tests.unit.vdi.fake_gateway import FakeGateway
 
 OS = 4096  # small objects keep the tests fast
 VID, PARENT = 0x7C2B26, 0x7C2B25

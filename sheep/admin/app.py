@@ -1,0 +1,182 @@
+"""HTTP admin API of one sheep: JSON over HTTP, collie's only transport.
+
+Routes are listed in docs/internals.md.  Errors become HTTP statuses here and
+nowhere else (`STATUS_BY_ERROR`), with a body ``{"error": line, "code": name}``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Callable
+from urllib.parse import parse_qs
+
+from gevent.pywsgi import WSGIServer
+
+from common import errors as E
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: list[tuple[type, int]] = [
+    (E.InvalidRequest, 400), (E.NotFound, 404), (E.AlreadyExists, 409), (E.Locked, 409),
+    (E.StaleGeneration, 409),
+    (E.OutOfRange, 416), (E.ReadOnly, 423), (E.NotReady, 503), (E.Fenced, 503),
+    (E.Degraded, 503),
+    (E.Unavailable, 503), (E.Shutdown, 503), (E.NoSpace, 507),
+]
+REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405:
+           "Method Not Allowed", 409: "Conflict", 416: "Range Not Satisfiable", 423: "Locked",
+           500: "Internal Server Error", 503: "Service Unavailable", 507: "Insufficient Storage"}
+DATA_CHUNK = 4 << 20
+
+
+def status_for(exc: E.SheepError) -> int:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+class Request:
+    def __init__(self, environ: dict, params: dict) -> None:
+        self.environ = environ
+        self.params = params
+        self.query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+
+    def json(self) -> dict:
+        raw = self.environ["wsgi.input"].read(int(self.environ.get("CONTENT_LENGTH") or 0) or -1)
+        if not raw:
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise E.InvalidRequest("request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise E.InvalidRequest("request body must be a JSON object")
+        return body
+
+    def int_query(self, name: str, default: int | None = None) -> int | None:
+        value = self.query.get(name)
+        if value is None:
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise E.InvalidRequest(f"query parameter {name} must be an integer") from None
+
+
+class Router:
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, re.Pattern, Callable]] = []
+
+    def add(self, method: str, pattern: str, handler: Callable) -> None:
+        regex = re.compile("^" + re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", pattern) + "$")
+        self._routes.append((method, regex, handler))
+
+    def match(self, method: str, path: str):
+        allowed = False
+        for m, regex, handler in self._routes:
+            found = regex.match(path)
+            if found:
+                if m == method:
+                    return handler, found.groupdict()
+                allowed = True
+        if allowed:
+            raise _HttpError(405, f"method {method} not allowed on {path}")
+        raise _HttpError(404, f"no such API route: {method} {path}")
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Response:
+    """A handler's answer: JSON (``body``) or raw bytes chunks (``chunks``)."""
+
+    def __init__(self, body=None, status: int = 200, chunks=None, length: int | None = None,
+                 content_type: str | None = None) -> None:
+        self.body, self.status, self.chunks, self.length = body, status, chunks, length
+        self.content_type = content_type
+
+
+class AdminApp:
+    """WSGI application; handlers are registered by `sheep.admin.routes`."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def __call__(self, environ, start_response):
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
+        try:
+            handler, params = self.router.match(method, path.rstrip("/") or "/")
+            result = handler(Request(environ, params))
+            if not isinstance(result, Response):
+                result = Response(result)
+        except E.SheepError as exc:
+            result = Response({"error": exc.message, "code": type(exc).__name__},
+                              status_for(exc))
+        except _HttpError as exc:
+            code = "NoRoute" if exc.status == 404 else "HttpError"
+            result = Response({"error": str(exc), "code": code}, exc.status)
+        except Exception as exc:  # the one catch-all: log, answer 500
+            log.exception("admin %s %s failed", method, path)
+            result = Response({"error": f"internal error: {exc}", "code": "SheepError"}, 500)
+        status = f"{result.status} {REASONS.get(result.status, 'Unknown')}"
+        if result.chunks is not None:
+            headers = [("Content-Type", result.content_type or "application/octet-stream")]
+            if result.length is not None:
+                headers.append(("Content-Length", str(result.length)))
+            start_response(status, headers)
+            return result.chunks
+        if result.content_type:
+            data = result.body.encode() if isinstance(result.body, str) else result.body
+            start_response(status, [("Content-Type", result.content_type),
+                                    ("Content-Length", str(len(data)))])
+            return [data]
+        data = json.dumps(result.body, indent=None, sort_keys=True).encode() + b"\n"
+        start_response(status, [("Content-Type", "application/json"),
+                                ("Content-Length", str(len(data)))])
+        return [data]
+
+
+class AdminServer:
+    def __init__(self, app: AdminApp, host: str, port: int) -> None:
+        self._server = WSGIServer((host, port), app, log=None, error_log=log)
+
+    def start(self) -> None:
+        self._server.start()
+
+    @property
+    def port(self) -> int:
+        return self._server.server_port
+
+    def stop(self) -> None:
+        self._server.stop(timeout=1)
+
+
+def volume_range_response(req: Request, volume, entry: dict, what: str) -> Response:
+    """Stream ``?offset=&length=`` of a volume (default: to its end) in DATA_CHUNK pieces.
+
+    The range is checked, and the first chunk read, before any header goes out, so an
+    error still becomes a proper status.  ``what`` names the thing in the error.
+    """
+    size = entry["size"]
+    offset = req.int_query("offset", 0)
+    length = req.int_query("length", None)
+    if length is None:
+        length = max(0, size - offset)
+    if offset < 0 or length < 0 or offset + length > size:
+        raise E.OutOfRange(f"read of {length} bytes at {offset} is past the end of {what} "
+                           f"({size} bytes)")
+    first = volume.read(offset, min(length, DATA_CHUNK))
+
+    def chunks():
+        yield first
+        pos = offset + len(first)
+        while pos < offset + length:
+            n = min(DATA_CHUNK, offset + length - pos)
+            yield volume.read(pos, n)
+            pos += n
+    return Response(chunks=chunks(), length=length)

@@ -1,0 +1,78 @@
+"""Admin routes for volume management: snapshot, clone, rollback, snapshot delete and read.
+
+| method, path | body / query | answer |
+|---|---|---|
+| POST /vdis/NAME/snapshot | `{"tag", "hops"?}` | 201 `{"snapshot": entry, "working": entry}` |
+| POST /vdis/SRC/clone | `{"tag", "name"}` | 201 the clone's entry |
+| POST /vdis/NAME/rollback | `{"tag"}` | the new working entry |
+| GET /vdis/NAME/snapshots/TAG | | the snapshot's entry (with used/shared bytes) |
+| DELETE /vdis/NAME/snapshots/TAG | | `{}` |
+| GET /vdis/NAME/snapshots/TAG/data | `?offset=&length=` | raw bytes |
+
+``hops`` is set by a sheep forwarding a snapshot to the node that holds the
+VDI's lock (`sheep.volumes.snapshots`); clients leave it out.
+"""
+from __future__ import annotations
+
+from common.errors import InvalidRequest
+from sheep.admin.app import Request, Response, Router, volume_range_response
+from sheep.volumes.snapshots import MAX_HOPS, SnapshotService
+
+
+def register(r: Router, sheep) -> None:
+    """Add this module's routes for one `sheep.daemon.node.Sheep`."""
+    api = _VolumeApi(sheep)
+    r.add("POST", "/vdis/<name>/snapshot", api.snapshot)
+    r.add("POST", "/vdis/<name>/clone", api.clone)
+    r.add("POST", "/vdis/<name>/rollback", api.rollback)
+    r.add("GET", "/vdis/<name>/snapshots/<tag>", api.snapshot_get)
+    r.add("DELETE", "/vdis/<name>/snapshots/<tag>", api.snapshot_delete)
+    r.add("GET", "/vdis/<name>/snapshots/<tag>/data", api.snapshot_read)
+
+
+class _VolumeApi:
+    def __init__(self, sheep) -> None:
+        self.sheep = sheep
+        self._service: SnapshotService | None = None
+
+    @property
+    def service(self) -> SnapshotService:
+        # built on first use: the daemon creates its VDI service and exports after the routes
+        if self._service is None or self._service.vdis is not self.sheep.vdis:
+            s = self.sheep
+            self._service = SnapshotService(s.vdis, s.locks, s.exports,
+                                            s.coordinator.members, s.node_id)
+        return self._service
+
+    def snapshot(self, req: Request):
+        body = req.json()
+        hops = body.get("hops", 0)
+        if not isinstance(hops, int) or not 0 <= hops <= MAX_HOPS:
+            raise InvalidRequest("field 'hops' must be a small integer")
+        return Response(self.service.snapshot(req.params["name"], body.get("tag"), hops),
+                        status=201)
+
+    def clone(self, req: Request):
+        body = req.json()
+        dst = body.get("name")
+        if not isinstance(dst, str) or not dst:
+            raise InvalidRequest("clone needs the new VDI's name (field 'name')")
+        return Response(self.service.clone(req.params["name"], body.get("tag"), dst), status=201)
+
+    def rollback(self, req: Request):
+        return self.service.rollback(req.params["name"], req.json().get("tag"))
+
+    def snapshot_get(self, req: Request):
+        vdis = self.sheep.vdis
+        entry = vdis.snapshot(req.params["name"], req.params["tag"])
+        return {**entry, **vdis.usage(entry)}
+
+    def snapshot_delete(self, req: Request):
+        self.sheep.vdis.delete_snapshot(req.params["name"], req.params["tag"])
+        return {}
+
+    def snapshot_read(self, req: Request):
+        vdis = self.sheep.vdis
+        entry = vdis.snapshot(req.params["name"], req.params["tag"])
+        return volume_range_response(req, vdis.open_volume(entry, readonly=True), entry,
+                                     f"snapshot '{req.params['tag']}' of VDI '{entry['name']}'")

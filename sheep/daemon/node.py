@@ -1,0 +1,240 @@
+"""The composition root of one storage daemon: `Sheep` wires the parts together.
+
+Store, coordinator, epochs, peers, replica, gateway, recovery, scrub, VDI service and
+the peer/admin/NBD servers; the order of start and stop is the contract here (the
+store and the peer server are up before the node registers).  The entry point that
+runs it is `sheep.daemon.main`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+from gevent import monkey
+from gevent.event import Event
+
+from common.errors import NotReady, StoreMismatch
+from coordinator.catalog import Catalog
+from coordinator.cluster import Coordinator
+from coordinator.locks import VdiLocks
+from coordinator.ring import Member
+from nbd_frontend.server import NbdServer
+from sheep.admin.app import AdminApp, AdminServer
+from sheep.admin.routes import build_router
+from sheep.daemon.config import SheepConfig
+from sheep.daemon.lifecycle import Lifecycle
+from sheep.peer.client import PeerPool
+from sheep.peer.server import PeerServer
+from sheep.recovery.check import Checker
+from sheep.recovery.executor import Recovery
+from sheep.recovery.scrub import Scrubber
+from sheep.recovery.stale import StaleJanitor
+from sheep.replication.epoch import EpochState, EpochView
+from sheep.replication.gateway import Gateway
+from sheep.replication.replica import Replica
+from sheep.store import objfile
+from sheep.store.objects import ObjectStore
+from sheep.store.storedir import StoreDir
+from sheep.volumes.nbd_exports import VdiExportProvider
+from sheep.volumes.service import VdiService
+from vdi import objects
+
+log = logging.getLogger("sheep")
+
+MAX_BLOCK_SIZE_SHIFT = 26
+
+
+class Sheep:
+    """One storage daemon."""
+
+    def __init__(self, config: SheepConfig) -> None:
+        self.config = config
+        self.storedir = StoreDir.open(config.dir, config.default_node_id)
+        self.node_id = self.storedir.node_id
+        self.stopped = Event()
+        self.epochs = EpochState()
+        self.peers = PeerPool()
+        self.exit_code = 0
+        self._fmt: dict | None = None
+        self.store: ObjectStore | None = None
+        self.peer_server = PeerServer(self._handle_peer, config.bind_addr, config.port)
+        self.admin_server = AdminServer(AdminApp(build_router(self)), config.bind_addr,
+                                        config.admin_port)
+        self.member = Member(node_id=self.node_id, addr=config.addr, port=config.port,
+                             admin_port=config.admin_port, nbd_port=config.nbd_port,
+                             zone=config.zone, weight=config.weight, started=time.time())
+        self.lifecycle = Lifecycle(self.node_id, self.member.started,
+                                   stop=lambda: gevent.spawn(self.stop))
+        self.coordinator = Coordinator(config.zk_hosts, config.cluster, self.member,
+                                       session_timeout_s=config.session_timeout_s,
+                                       on_epoch=self._on_epoch, on_fence=self._on_fence,
+                                       on_unfence=self._on_unfence,
+                                       on_cluster=self.lifecycle.on_cluster)
+        self.catalog = Catalog(self.coordinator.client, config.cluster)
+        self.locks = VdiLocks(self.coordinator.client, config.cluster)
+        self.replica: Replica | None = None
+        self.gateway: Gateway | None = None
+        self.recovery: Recovery | None = None
+        self.checker: Checker | None = None
+        self.scrubber: Scrubber | None = None
+        self.vdis: VdiService | None = None
+        self.nbd = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        # Before this node registers: the store's identity is checked (a store of another
+        # cluster must never become a member: no epoch, no recovery against it), and the
+        # store and the peer server are up (the leader may put us in an epoch at once, and
+        # every member must answer from then on).
+        try:
+            self.coordinator.start(admit=self._admit_and_open)
+        except BaseException:
+            self._stop_parts()
+            raise
+        self.admin_server.start()
+        self.nbd.start()
+        if self.epochs.view is not None:
+            self.recovery.kick()
+        log.info("node=%s cluster=%s peer=%s:%d admin=%d nbd=%d started", self.node_id,
+                 self.config.cluster, self.config.addr, self.config.port,
+                 self.config.admin_port, self.config.nbd_port)
+
+    def _admit(self, fmt: dict | None) -> None:
+        """May this store join the cluster whose ``/cluster`` value is ``fmt``?  Raises
+        StoreMismatch when it belongs to another one (before registering)."""
+        _off_loop(self.storedir.check_object_format, objfile.FORMAT)
+        if fmt:
+            self._bind(fmt)
+        elif self.storedir.cluster_name is not None:
+            raise StoreMismatch(f"store {self.config.dir} belongs to cluster "
+                                f"'{self.storedir.cluster_name}', but cluster "
+                                f"'{self.config.cluster}' is not formatted")
+
+    def _open_store(self) -> None:
+        max_bytes = max(1 << MAX_BLOCK_SIZE_SHIFT, objects.inode_object_bytes(objects.MAX_INDEXES))
+        os_lock = monkey.get_original("threading", "Lock")  # for the store's OS threads
+        self.store = ObjectStore(self.config.dir, max_bytes, self.config.reserve_bytes,
+                                 lock_factory=os_lock)
+        coord = self.coordinator
+        self.replica = Replica(self.store, self.epochs, is_fenced=lambda: coord.fenced,
+                               wait_unfenced=coord.wait_unfenced,
+                               session_generation=lambda: coord.session_generation,
+                               generation_of=self.locks.generation)
+        self.replica.on_store_failed = self._store_failed
+        self.gateway = Gateway(self.node_id, self.replica, self.peers, self.epochs,
+                               io_timeout_s=self.config.io_timeout_s,
+                               peer_timeout_s=self.config.peer_timeout_s,
+                               min_copies=self._min_copies)
+        self.replica.write_block = self.lifecycle.write_refusal
+        self.vdis = VdiService(self.catalog, self.gateway, self.cluster_format,
+                               locks=self.locks, node_id=self.node_id,
+                               session=lambda: coord.session_generation)
+        janitor = StaleJanitor(self.store, self.coordinator, self.replica._io)
+        self.recovery = Recovery(self.node_id, self.replica, self.gateway.call_member,
+                                 self.epochs, self.vdis.liveness, janitor=janitor,
+                                 state_store=self.storedir, io_timeout_s=self.config.io_timeout_s)
+        self.replica.recovery = self.recovery
+        self.lifecycle.recovery = self.recovery
+        self.lifecycle.apply_recovery()
+        self.checker = Checker(self.node_id, self.gateway)
+        self.scrubber = Scrubber(self.store, self.replica._io, self.gateway, self.epochs,
+                                 self.vdis, bytes_per_s=self.config.scrub_bytes_per_s,
+                                 interval_s=self.config.scrub_interval_s)
+        self.recovery.start()
+        self.scrubber.start()
+        self.exports = VdiExportProvider(self.vdis, self.locks, self.node_id)
+        self.nbd = NbdServer(self.exports, self.config.bind_addr, self.config.nbd_port)
+        self.exports.server = self.nbd
+
+    def _admit_and_open(self, fmt: dict | None) -> None:
+        self._admit(fmt)
+        self._open_store()
+        self.peer_server.start()
+
+    def _min_copies(self) -> int:
+        return int((self._fmt or {}).get("min_copies") or 1)
+
+    def _store_failed(self, why: str) -> None:
+        """The store lost writes it had acknowledged (a failed fsync): leave the cluster,
+        so the other replicas are the ones read and the leader re-replicates them."""
+        log.critical("node=%s store failed (%s): leaving the cluster", self.node_id, why)
+        self.exit_code = 1
+        self.stop()
+
+    def _bind(self, fmt: dict) -> None:
+        """Tie the store directory to this cluster's format (refuse a foreign one)."""
+        _off_loop(self.storedir.bind, self.config.cluster, fmt["created"])
+        self._fmt = fmt
+
+    def cluster_format(self) -> dict | None:
+        if self._fmt is None:
+            fmt = self.coordinator.cluster_format()
+            if fmt:
+                try:
+                    self._bind(fmt)
+                except StoreMismatch as exc:
+                    log.error("node=%s %s; stopping", self.node_id, exc.message)
+                    gevent.spawn(self.stop)
+                    raise
+        return self._fmt
+
+    def stop(self) -> None:
+        log.info("node=%s stopping", self.node_id)
+        for part in (self.nbd, self.admin_server):
+            if part is not None:
+                part.stop()
+        self._stop_parts()
+        self.stopped.set()
+
+    def _stop_parts(self) -> None:
+        if self.recovery is not None:
+            self.recovery.stop()
+        if self.scrubber is not None:
+            self.scrubber.stop()
+        self.coordinator.stop()
+        self.peer_server.stop()
+        self.peers.close()
+        if self.store is not None:
+            if self.store.failed is None:
+                self.store.flush()
+            self.store.close()
+
+    # -- callbacks -------------------------------------------------------------
+    def _on_epoch(self, epoch: dict) -> None:
+        fmt = self.cluster_format()
+        if fmt is None:
+            return
+        view = EpochView.from_dict(epoch)
+        old = self.epochs.view
+        _off_loop(self.storedir.set, "epoch", view.epoch)   # an fsync
+        if not self.epochs.update(view):
+            return
+        if old is not None:
+            current = {(m.addr, m.port) for m in view.members}
+            for m in old.members:
+                if (m.addr, m.port) not in current:
+                    self.peers.drop(m.addr, m.port, f"{m.node_id} left at epoch {view.epoch}")
+        if self.recovery is not None:
+            self.recovery.kick()
+
+    def _on_fence(self) -> None:
+        log.warning("node=%s fenced: ZooKeeper session suspended or lost; refusing writes",
+                    self.node_id)
+        if self.replica is not None:
+            # generation broadcasts may be missed while the session is in doubt: look
+            # them up again before the next mutation of each VDI
+            self.replica.generations.clear()
+
+    def _on_unfence(self) -> None:
+        log.warning("node=%s unfenced: registered again", self.node_id)
+
+    def _handle_peer(self, header: dict, payload):
+        if self.replica is None:
+            raise NotReady("node has no store yet")
+        return self.replica.handle(header, payload)
+
+
+def _off_loop(fn, *args):
+    """Run a blocking call (an fsync) in the thread pool, never on the event loop."""
+    return gevent.get_hub().threadpool.apply(fn, args)

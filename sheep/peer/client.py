@@ -1,0 +1,138 @@
+"""Multiplexed connections to other sheep (gevent shell over ``sheep.peer.wire``).
+
+One TCP connection per peer carries any number of requests at once.  Senders
+queue whole frames on the connection's `FrameWriter` (payload buffers as they
+are, written with scatter/gather ``sendmsg``); one reader greenlet per
+connection reads replies through a `FrameReader` and hands each to the waiting
+caller by request id, in whatever order they come.  When a connection breaks, every caller waiting on it gets
+`Unavailable` and the next call dials again.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+
+import gevent
+from gevent.event import AsyncResult
+from gevent.lock import Semaphore
+
+from common.errors import SheepError, Unavailable
+from sheep.peer.framing import FrameReader, FrameWriter
+from sheep.peer import wire
+
+log = logging.getLogger(__name__)
+
+
+class PeerConnection:
+    """One multiplexed connection to one peer address."""
+
+    def __init__(self, addr: str, port: int, connect_timeout_s: float = 5.0) -> None:
+        self.addr, self.port = addr, port
+        self._connect_timeout_s = connect_timeout_s
+        self._sock: socket.socket | None = None
+        self._writer: FrameWriter | None = None
+        self._dial_lock = Semaphore()
+        self._pending: dict[int, AsyncResult] = {}
+        self._ids = itertools.count(1)
+        self._reader: gevent.Greenlet | None = None
+
+    def _connected(self) -> FrameWriter:
+        if self._sock is not None:
+            return self._writer
+        with self._dial_lock:
+            if self._sock is None:
+                sock = socket.create_connection((self.addr, self.port), self._connect_timeout_s)
+                sock.settimeout(None)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._writer = FrameWriter(sock)
+                self._sock = sock
+                self._reader = gevent.spawn(self._read_loop, sock)
+        return self._writer
+
+    def call(self, header: dict, payload=b"", timeout_s: float = 30.0) -> wire.Frame:
+        """Send one request and wait for its reply.
+
+        Raises the reply's error as its `SheepError` class, or `Unavailable` when
+        the peer cannot be reached or does not answer within ``timeout_s``.
+        """
+        rid = next(self._ids)
+        result = AsyncResult()
+        self._pending[rid] = result
+        try:
+            try:
+                self._connected().send({**header, "id": rid}, payload)
+            except OSError as exc:
+                self._broken(exc)
+                raise Unavailable(f"peer {self.addr}:{self.port}: {exc}") from None
+            try:
+                frame = result.get(timeout=timeout_s)
+            except gevent.Timeout:
+                raise Unavailable(f"peer {self.addr}:{self.port}: no reply in {timeout_s}s") from None
+        finally:
+            self._pending.pop(rid, None)
+        if frame.header.get("code", 0):
+            raise SheepError.from_wire(frame.header)
+        return frame
+
+    def _read_loop(self, sock: socket.socket) -> None:
+        reader = FrameReader(sock)
+        try:
+            while True:
+                frame = reader.read_frame()
+                waiter = self._pending.get(frame.header.get("id"))
+                if waiter is not None:
+                    waiter.set(frame)
+        except (OSError, SheepError) as exc:
+            self._broken(exc, sock)
+
+    def _broken(self, exc: Exception, sock: socket.socket | None = None) -> None:
+        sock = sock or self._sock
+        if sock is None or sock is not self._sock:
+            return  # an old socket's reader noticing what we already handled
+        self._sock = None
+        try:
+            sock.close()
+        except OSError:
+            pass
+        log.debug("peer=%s:%d connection lost: %s", self.addr, self.port, exc)
+        for waiter in list(self._pending.values()):
+            if not waiter.ready():
+                waiter.set_exception(Unavailable(f"peer {self.addr}:{self.port}: {exc}"))
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        if self._reader is not None:
+            self._reader.kill(block=False)
+
+
+class PeerPool:
+    """Connections to every peer, by address, created on first use."""
+
+    def __init__(self, connect_timeout_s: float = 5.0) -> None:
+        self._conns: dict[tuple[str, int], PeerConnection] = {}
+        self._connect_timeout_s = connect_timeout_s
+
+    def get(self, addr: str, port: int) -> PeerConnection:
+        key = (addr, port)
+        conn = self._conns.get(key)
+        if conn is None:
+            conn = self._conns[key] = PeerConnection(addr, port, self._connect_timeout_s)
+        return conn
+
+    def call(self, addr: str, port: int, header: dict, payload=b"",
+             timeout_s: float = 30.0) -> wire.Frame:
+        return self.get(addr, port).call(header, payload, timeout_s)
+
+    def drop(self, addr: str, port: int, why: str) -> None:
+        """Fail every request in flight to that peer now (it left the epoch)."""
+        conn = self._conns.pop((addr, port), None)
+        if conn is not None:
+            conn._broken(ConnectionError(why))
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()

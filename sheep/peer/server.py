@@ -1,0 +1,80 @@
+"""Peer request server: reads frames, runs each request in its own greenlet.
+
+Replies go back in completion order, matched by the request id, so one slow
+request never holds up the others on the same connection.  A malformed frame
+ends that connection only.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Callable
+
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from common.errors import SheepError
+from sheep.peer.framing import FrameReader, FrameWriter
+
+log = logging.getLogger(__name__)
+
+# handler(header, payload) -> (reply header fields, reply payload)
+Handler = Callable[[dict, bytes], tuple[dict, bytes]]
+
+
+class PeerServer:
+    def __init__(self, handler: Handler, host: str, port: int, *,
+                 per_connection: int = 256) -> None:
+        self._handler = handler
+        self._per_connection = per_connection
+        self._server = StreamServer((host, port), self._serve)
+        self._conns: set = set()
+
+    def start(self) -> None:
+        self._server.start()
+
+    @property
+    def port(self) -> int:
+        return self._server.server_port
+
+    def stop(self) -> None:
+        self._server.stop(timeout=1)
+        for sock in list(self._conns):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _serve(self, sock, address) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._conns.add(sock)
+        writer = FrameWriter(sock)
+        reader = FrameReader(sock)
+        pool = Pool(self._per_connection)
+        try:
+            while True:
+                frame = reader.read_frame()
+                pool.spawn(self._run, writer, frame.header, frame.payload)
+        except ConnectionError:
+            pass
+        except (OSError, SheepError) as exc:
+            log.info("peer=%s:%d connection closed: %s", address[0], address[1], exc)
+        finally:
+            self._conns.discard(sock)
+            pool.join(timeout=5)
+            sock.close()
+
+    def _run(self, writer: FrameWriter, header: dict, payload) -> None:
+        rid = header.get("id")
+        try:
+            reply, data = self._handler(header, payload)
+            reply = {"id": rid, "code": 0, **reply}
+        except SheepError as exc:
+            reply, data = {**exc.to_wire(), "id": rid}, b""
+        except Exception as exc:  # the one catch-all: log it, answer EIO-ish
+            log.exception("op=%s failed", header.get("op"))
+            reply, data = {"id": rid, "code": 1, "error": f"internal error: {exc}"}, b""
+        try:
+            writer.send(reply, data)
+        except OSError:
+            pass  # the connection is gone; its reader loop ends it

@@ -1,0 +1,145 @@
+"""Reclaim: remove the objects of deleted VDIs that no live VDI references any more.
+
+Theory of operation
+-------------------
+Deleting a VDI or a snapshot only marks its catalog entry ``deleted``; then a
+pass runs (`Reclaimer.run`):
+
+1. list the catalog; nothing to do without deleted entries;
+2. read the object map of every entry (live ones decide what is referenced);
+3. list the catalog again: if anything changed (a clone or snapshot appeared,
+   another entry was deleted) the listing was not a consistent picture, so
+   start over.  The catalog listing reads znodes one by one: without this check
+   a pass could see a snapshot already deleted but not the clone made from it
+   just before;
+4. `vdi.family.plan_reclaim` says which objects of deleted entries no live map
+   points at: they are removed from every replica, and the deleted entry's own
+   map entries for them are zeroed (so no later pass removes them again);
+   a deleted entry with nothing referenced left loses its inode and catalog
+   znode, which frees its vid.
+
+A live map that cannot be read (an entry being created) postpones the pass.
+New references only ever come from copying a live map, so a pass never frees
+an object that a VDI created during the pass could point at.
+
+Copy-on-write and trim on a working VDI can drop its last reference to a
+deleted snapshot's object; the writers call `kick` (through `watching`), which
+runs one more pass in the background, coalescing kicks that arrive meanwhile.
+Passes on one node run one at a time; passes on two nodes may overlap and are
+harmless (removes are idempotent).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import gevent
+from gevent.lock import RLock
+from gevent.pool import Pool
+
+from common.errors import NoObject, NotFound, SheepError
+from vdi import family, objects
+from vdi.inode import entry_offset
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 20
+REMOVE_CONCURRENCY = 16
+
+
+class Reclaimer:
+    def __init__(self, vdis) -> None:
+        self.vdis = vdis
+        self._lock = RLock()
+        self._pending = False
+        self._worker = None
+
+    # -- background ------------------------------------------------------------
+    def kick(self) -> None:
+        """Run a pass soon, in the background."""
+        self._pending = True
+        if self._worker is None or self._worker.dead:
+            self._worker = gevent.spawn(self._loop)
+
+    def _loop(self) -> None:
+        while self._pending:
+            self._pending = False
+            try:
+                self.run()
+            except Exception as exc:  # the next delete or kick tries again
+                log.warning("reclaim pass failed: %s", exc)
+
+    @contextlib.contextmanager
+    def watching(self, volume, offset: int, length: int):
+        """Around a write/trim on ``volume``: kick a pass if it dropped a reference to
+        another VDI's object (copy-on-write or trim of a shared object)."""
+        osz = volume.object_size
+        first, last = offset // osz, (offset + max(length, 1) - 1) // osz
+        last = min(last, len(volume.objmap) - 1)
+        before = [volume.objmap.get(i) for i in range(first, last + 1)]
+        try:
+            yield
+        finally:
+            vid = volume.vid
+            for i, owner in zip(range(first, last + 1), before):
+                if owner and owner != vid and volume.objmap.get(i) != owner:
+                    self.kick()
+                    break
+
+    # -- one pass --------------------------------------------------------------
+    def run(self) -> family.ReclaimPlan:
+        """One reclaim pass; returns what it removed."""
+        with self._lock:
+            for attempt in range(ATTEMPTS):
+                plan = self._try_once()
+                if plan is not None:
+                    return plan
+                gevent.sleep(min(0.02 * (attempt + 1), 0.5))
+            log.warning("reclaim: catalog kept changing; giving up this pass")
+            return family.ReclaimPlan()
+
+    def _try_once(self) -> family.ReclaimPlan | None:
+        catalog = self.vdis.catalog
+        entries = catalog.list()
+        if not any(not family.is_live(e) for e in entries):
+            return family.ReclaimPlan()
+        maps: dict[int, list[int]] = {}
+        for e in entries:
+            try:
+                maps[e["vid"]] = list(self.vdis.read_map(e).entries())
+            except (NotFound, NoObject):
+                if family.is_live(e):
+                    log.info("reclaim: map of live vid=%06x unreadable yet; retrying", e["vid"])
+                    return None
+                maps[e["vid"]] = []
+        if catalog.list() != entries:
+            return None
+        plan = family.plan_reclaim(entries, maps)
+        if plan:
+            self._execute(plan, {e["vid"]: e for e in entries})
+        return plan
+
+    def _execute(self, plan: family.ReclaimPlan, by_vid: dict[int, dict]) -> None:
+        pool = Pool(REMOVE_CONCURRENCY)
+        for vid, idxs in plan.free.items():
+            gw = self.vdis.unlocked_writer(vid)     # a deleted vid: nobody holds its lock
+            copies = int(by_vid[vid]["copies"])
+            jobs = [pool.spawn(gw.remove, objects.data_oid(vid, i), copies) for i in idxs]
+            gevent.joinall(jobs, raise_error=True)
+            for first, n in family.runs(idxs):
+                try:
+                    gw.write(objects.inode_oid(vid), entry_offset(first), bytes(4 * n), copies)
+                except NoObject:
+                    break  # another node's pass dropped the inode already
+            log.info("reclaim: vid=%06x freed %d objects", vid, len(idxs))
+        for vid in plan.drop:
+            self.vdis.unlocked_writer(vid).remove(objects.inode_oid(vid),
+                                                  int(by_vid[vid]["copies"]))
+            try:
+                self.vdis.catalog.delete(vid)
+            except NotFound:
+                pass
+            except SheepError as exc:
+                log.warning("reclaim: dropping vid=%06x failed: %s", vid, exc)
+                continue
+            log.info("reclaim: vid=%06x (%s) forgotten", vid, by_vid[vid].get("name"))
