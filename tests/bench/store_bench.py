@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sheep.store import objfile  # noqa: E402
+from sheep.store import objfile, objio  # noqa: E402
 from sheep.store.objects import ObjectStore  # noqa: E402
 from sheep.store.objfile import Version  # noqa: E402
 
@@ -52,7 +53,7 @@ def main() -> int:
     small_sums, big_sums = objfile.sums_of(small), objfile.sums_of(big)
     rows = [
         ("write 4 KiB", per_call(lambda o: store.write(1, o, small, v), offs),
-         per_call(lambda o: store._sums_for_write(None, o, memoryview(small)), offs)),
+         per_call(lambda o: objio.sums_for_write(None, o, memoryview(small)), offs)),
         ("read 4 KiB (pool path)", per_call(lambda o: store.read(1, o, 4096), offs),
          per_call(lambda o: objfile.bad_blocks(small, small_sums), offs)),
         ("read 4 KiB (event loop, page cache)",
@@ -71,6 +72,7 @@ def main() -> int:
         else:
             print(f"| {name} | {total:.1f} | {sums:.1f} | {sums / total:.0%} |")
     store.close()
+    shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

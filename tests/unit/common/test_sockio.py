@@ -1,0 +1,77 @@
+"""common.sockio over a gevent socketpair: one read buffer cut into pieces, coalesced writes."""
+from __future__ import annotations
+
+import os
+
+import gevent
+import pytest
+from gevent import socket
+
+from common.sockio import BufferWriter, SocketReader
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_pieces_come_out_in_order_across_buffer_compactions(pair):
+    a, b = pair
+    reader = SocketReader(b, buffer_bytes=64)
+    data = os.urandom(1000)
+    a.sendall(data)
+    got, pos = [], 0
+    for n in (10, 50, 64, 7, 64, 1):
+        got.append(bytes(reader.take(n)))
+        pos += n
+    assert b"".join(got) == data[:pos]
+    # the rest in a buffer of its own, part of it already buffered, part still on the wire
+    assert bytes(reader.take_into_new(1000 - pos)) == data[pos:]
+
+
+def test_a_closed_peer_is_a_connection_error(pair):
+    a, b = pair
+    reader = SocketReader(b, buffer_bytes=64)
+    a.sendall(b"abc")
+    a.close()
+    with pytest.raises(ConnectionError):
+        reader.take(4)
+
+
+def test_messages_queued_in_one_turn_leave_in_one_sendmsg(pair):
+    a, b = pair
+    calls = []
+    real = a.sendmsg
+
+    class Counting:
+        def sendmsg(self, buffers, *args):
+            calls.append(len(buffers))
+            return real(buffers, *args)
+
+        def close(self):
+            a.close()
+    writer = BufferWriter(Counting())
+    for i in range(10):
+        writer.send(b"h%d" % i, memoryview(b"payload"))
+    writer.drain()
+    assert calls == [20]
+    assert b.recv(1000) == b"".join(b"h%dpayload" % i for i in range(10))
+
+
+def test_a_failed_write_closes_and_reports(pair):
+    a, b = pair
+    failures = []
+    writer = BufferWriter(a, on_error=failures.append)
+    b.close()
+    for _ in range(50):                 # until the kernel says the peer is gone
+        try:
+            writer.send(os.urandom(1 << 16))
+        except ConnectionError:
+            break
+        gevent.sleep(0.001)
+    assert failures and writer.error is not None
+    with pytest.raises(ConnectionError):
+        writer.send(b"more")
