@@ -57,6 +57,7 @@ _MASK64 = (1 << 64) - 1
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
 GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / phi: spreads the probe seeds
+MEMO_ENTRIES = 1 << 16     # placements remembered per ring
 PROBES = 4                   # part of the placement: every node must agree
 
 
@@ -138,6 +139,7 @@ class Ring:
         self._owner: list[int] = [i for _, i in points]
         self._zone_of: list[int] = [zone_ids.get(m.zone_key, -1) for m in self.members]
         self._nr_zones = len(zone_ids)
+        self._memo: dict[tuple[int, int], tuple[Member, ...]] = {}
 
     def __repr__(self) -> str:
         return f"Ring({[m.node_id for m in self.members]!r}, vnodes={len(self._positions)})"
@@ -152,7 +154,20 @@ class Ring:
 
     def replicas(self, oid: int, copies: int) -> list[Member]:
         """The members holding ``oid``: ``copies_for(copies)`` of them, distinct
-        zones, primary first.  Empty when no member holds data."""
+        zones, primary first.  Empty when no member holds data.  Remembered per ring
+        (it is a pure function of an immutable value; a busy VDI asks for the same
+        objects again and again)."""
+        key = (oid, copies)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return list(hit)
+        found = self._replicas(oid, copies)
+        if len(self._memo) >= MEMO_ENTRIES:
+            self._memo.clear()
+        self._memo[key] = tuple(found)
+        return found
+
+    def _replicas(self, oid: int, copies: int) -> list[Member]:
         want = self.copies_for(copies)
         if want == 0:
             return []

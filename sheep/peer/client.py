@@ -56,24 +56,22 @@ class PeerConnection:
         Raises the reply's error as its `SheepError` class, or `Unavailable` when
         the peer cannot be reached or does not answer within ``timeout_s``.
         """
+        return self.start(header, payload).get(timeout_s)
+
+    def start(self, header: dict, payload=b"") -> "PendingCall":
+        """Send one request now; the reply is waited for with ``.get(timeout_s)``.  Many
+        requests to many peers can be in flight from one greenlet this way (a fan-out
+        needs no greenlet per replica).  Unavailable at once when the peer is unreachable."""
         rid = next(self._ids)
         result = AsyncResult()
         self._pending[rid] = result
         try:
-            try:
-                self._connected().send({**header, "id": rid}, payload)
-            except OSError as exc:
-                self._broken(exc)
-                raise Unavailable(f"peer {self.addr}:{self.port}: {exc}") from None
-            try:
-                frame = result.get(timeout=timeout_s)
-            except gevent.Timeout:
-                raise Unavailable(f"peer {self.addr}:{self.port}: no reply in {timeout_s}s") from None
-        finally:
+            self._connected().send({**header, "id": rid}, payload)
+        except OSError as exc:
             self._pending.pop(rid, None)
-        if frame.header.get("code", 0):
-            raise SheepError.from_wire(frame.header)
-        return frame
+            self._broken(exc)
+            raise Unavailable(f"peer {self.addr}:{self.port}: {exc}") from None
+        return PendingCall(self, rid, result)
 
     def _read_loop(self, sock: socket.socket) -> None:
         reader = FrameReader(sock)
@@ -108,6 +106,29 @@ class PeerConnection:
             self._reader.kill(block=False)
 
 
+class PendingCall:
+    """A request in flight on a `PeerConnection`."""
+
+    __slots__ = ("conn", "rid", "result")
+
+    def __init__(self, conn: PeerConnection, rid: int, result: AsyncResult) -> None:
+        self.conn, self.rid, self.result = conn, rid, result
+
+    def get(self, timeout_s: float = 30.0) -> wire.Frame:
+        """The reply; its error raised as its `SheepError` class, `Unavailable` when the peer
+        does not answer within ``timeout_s``."""
+        try:
+            frame = self.result.get(timeout=timeout_s)
+        except gevent.Timeout:
+            raise Unavailable(f"peer {self.conn.addr}:{self.conn.port}: no reply in "
+                              f"{timeout_s}s") from None
+        finally:
+            self.conn._pending.pop(self.rid, None)
+        if frame.header.get("code", 0):
+            raise SheepError.from_wire(frame.header)
+        return frame
+
+
 class PeerPool:
     """Connections to every peer, by address, created on first use."""
 
@@ -125,6 +146,9 @@ class PeerPool:
     def call(self, addr: str, port: int, header: dict, payload=b"",
              timeout_s: float = 30.0) -> wire.Frame:
         return self.get(addr, port).call(header, payload, timeout_s)
+
+    def start(self, addr: str, port: int, header: dict, payload=b"") -> PendingCall:
+        return self.get(addr, port).start(header, payload)
 
     def drop(self, addr: str, port: int, why: str) -> None:
         """Fail every request in flight to that peer now (it left the epoch)."""

@@ -95,19 +95,26 @@ class InFlight:
         self._count: dict[int, int] = {}
         self._changed = Event()
 
+    def enter(self, epoch: int) -> None:
+        self._count[epoch] = self._count.get(epoch, 0) + 1
+
+    def leave(self, epoch: int) -> None:
+        n = self._count[epoch] - 1
+        if n:
+            self._count[epoch] = n
+        else:
+            del self._count[epoch]
+            changed, self._changed = self._changed, Event()
+            changed.set()
+
     @contextlib.contextmanager
     def mutation(self, epoch: int):
-        self._count[epoch] = self._count.get(epoch, 0) + 1
+        """`enter` and `leave` around a block."""
+        self.enter(epoch)
         try:
             yield
         finally:
-            n = self._count[epoch] - 1
-            if n:
-                self._count[epoch] = n
-            else:
-                del self._count[epoch]
-                changed, self._changed = self._changed, Event()
-                changed.set()
+            self.leave(epoch)
 
     def older_than(self, epoch: int) -> int:
         """How many admitted mutations carry an epoch older than ``epoch``."""

@@ -154,29 +154,23 @@ class Gateway:
         header = {"op": "write", "oid": oid, "offset": offset, "create": create,
                   "generation": generation, "seq": seq}
 
-        def send(m: Member, epoch: int) -> None:
-            if m.node_id == self.node_id:
-                self.local.write(epoch, oid, offset, data, create, generation, seq)
-            else:
-                self._call(m, {**header, "epoch": epoch}, data)
-        return self._mutate(oid, copies, send, session, in_place=not create, write=True,
-                            stamp=(generation, seq))
+        def local(epoch: int) -> None:
+            self.local.write(epoch, oid, offset, data, create, generation, seq)
+        return self._mutate(oid, copies, header, data, local, session, in_place=not create,
+                            write=True, stamp=(generation, seq))
 
     def remove(self, oid: int, copies: int, *, generation: int = 0, seq: int | None = None,
                session: int | None = None) -> int:
         seq = self.next_seq() if seq is None else seq
+        header = {"op": "remove", "oid": oid, "generation": generation, "seq": seq}
 
-        def send(m: Member, epoch: int) -> None:
-            if m.node_id == self.node_id:
-                self.local.remove(epoch, oid, generation, seq)
-            else:
-                self._call(m, {"op": "remove", "epoch": epoch, "oid": oid,
-                               "generation": generation, "seq": seq})
-        return self._mutate(oid, copies, send, session, in_place=False, write=False,
-                            stamp=(generation, seq))
+        def local(epoch: int) -> None:
+            self.local.remove(epoch, oid, generation, seq)
+        return self._mutate(oid, copies, header, b"", local, session, in_place=False,
+                            write=False, stamp=(generation, seq))
 
-    def _mutate(self, oid: int, copies: int, send, session: int | None, *, in_place: bool,
-                write: bool, stamp: tuple[int, int]) -> int:
+    def _mutate(self, oid: int, copies: int, header: dict, payload, local, session: int | None,
+                *, in_place: bool, write: bool, stamp: tuple[int, int]) -> int:
         deadline = time.monotonic() + self.io_timeout_s
         resyncs = 0
         while True:
@@ -190,7 +184,7 @@ class Gateway:
                                "refused until more zones are up", epoch=view.epoch)
             self._enter(oid)
             try:
-                results = self._fan_out(targets, send, view.epoch)
+                results = self._fan_out(targets, header, payload, local, view.epoch)
             finally:
                 self._leave(oid)
             errors = [e for e in results.values() if e is not None]
@@ -242,27 +236,35 @@ class Gateway:
                 log.error("oid=%016x divergent copy on %s could not be dropped: %s", oid,
                           m.node_id, exc)
 
-    def _fan_out(self, targets: list[Member], send, epoch: int) -> dict[Member, Exception | None]:
-        """``send(member, epoch)`` to every target at once; the local one inline, after the
-        remote ones are spawned (so its admission checks run before any of them starts)."""
-        local = None
-        jobs = {}
+    def _fan_out(self, targets: list[Member], header: dict, payload, local,
+                 epoch: int) -> dict[Member, Exception | None]:
+        """The mutation to every target at once: the remote requests are sent first (no
+        greenlet per replica: their replies are waited for afterwards), then the local
+        replica is written inline."""
+        results: dict[Member, Exception | None] = {}
+        pending = {}
+        me = None
         for m in targets:
             if m.node_id == self.node_id:
-                local = m
-            else:
-                jobs[m] = gevent.spawn(send, m, epoch)
-        results: dict[Member, Exception | None] = {}
-        if local is not None:
+                me = m
+                continue
             try:
-                send(local, epoch)
-                results[local] = None
+                pending[m] = self.peers.start(m.addr, m.port, {**header, "epoch": epoch},
+                                              payload)
+            except SheepError as exc:
+                results[m] = exc
+        if me is not None:
+            try:
+                local(epoch)
+                results[me] = None
             except Exception as exc:  # collected like the remote ones
-                results[local] = exc
-        if jobs:
-            gevent.joinall(list(jobs.values()))
-            for m, j in jobs.items():
-                results[m] = j.exception
+                results[me] = exc
+        for m, call in pending.items():
+            try:
+                call.get(self.peer_timeout_s)
+                results[m] = None
+            except Exception as exc:
+                results[m] = exc
         return results
 
     def resync(self, oid: int, copies: int) -> dict:

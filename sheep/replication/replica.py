@@ -22,6 +22,7 @@ Rules, in the order a mutation meets them:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Protocol
 
 import gevent
@@ -41,6 +42,9 @@ from vdi.objects import oid_vid
 log = logging.getLogger(__name__)
 
 DRAIN_WAIT_S = 30.0
+INLINE_STALL_S = 0.02       # slower than a scheduler hiccup: writeback is throttling writes
+INLINE_BACKOFF_S = 2.0      # then writes go through the thread pool for a while
+_now = time.monotonic
 
 
 class ObjectRecovery(Protocol):
@@ -79,6 +83,8 @@ class Replica:
         self._writes = WriteBatcher(store.write, self._io)
         self._pool.maxsize = max(self._pool.maxsize, io_threads)
         self._failure_reported = False
+        self._inline_off_until = 0.0
+        self.inline_stalls = 0
 
     # -- checks ------------------------------------------------------------
     def check_epoch(self, epoch: int) -> None:
@@ -145,7 +151,8 @@ class Replica:
         self.check_writable(wait_s=self._epoch_wait_s)
         self.check_epoch(epoch)
         vid = oid_vid(oid)
-        with self.inflight.mutation(epoch):
+        self.inflight.enter(epoch)
+        try:
             self.generations.admit(vid, generation)
             if create:
                 if self.recovery is not None:
@@ -153,12 +160,30 @@ class Replica:
             else:
                 self._ensure_current(oid, epoch)
             self.activity.record(vid, oid, generation, seq)
-            try:
-                self._writes.write(oid, offset, data, Version(epoch, generation, seq), create)
-            except Unavailable:
-                if self.store.failed is not None:
-                    self._report_failure()
-                raise
+            version = Version(epoch, generation, seq)
+            if create or not self._write_inline(oid, offset, data, version):
+                self._writes.write(oid, offset, data, version, create)
+        except Unavailable:
+            if self.store.failed is not None:
+                self._report_failure()
+            raise
+        finally:
+            self.inflight.leave(epoch)
+
+    def _write_inline(self, oid: int, offset: int, data, version: Version) -> bool:
+        """A buffered write on the event loop (no pool trip) unless one recently stalled."""
+        if self._inline_off_until > _now():
+            return False
+        started = _now()
+        done = self.store.write_cached(oid, offset, data, version)
+        took = _now() - started
+        if took > INLINE_STALL_S:
+            # writeback is throttling buffered writes: the loop must not wait on them
+            self._inline_off_until = _now() + INLINE_BACKOFF_S
+            self.inline_stalls += 1
+            log.warning("a buffered write took %.1f ms on the event loop: writes go through "
+                        "the thread pool for %.0f s", took * 1e3, INLINE_BACKOFF_S)
+        return done
 
     def remove(self, epoch: int, oid: int, generation: int = 0, seq: int = 0) -> None:
         self.check_writable(wait_s=self._epoch_wait_s)

@@ -333,6 +333,43 @@ class ObjectStore(VerifyMixin):
         finally:
             self.space.release(view.nbytes + (BLOCK if create else 0))
 
+    def write_cached(self, oid: int, offset: int, data, version: Version) -> bool:
+        """A write in place done now, on the caller's thread, if it cannot wait on another
+        thread: the descriptor is cached and the object's stripe lock is free at once.
+        False: nothing was written (use `write` in the pool).  Raises what `write` raises.
+
+        The event loop calls this for buffered writes (the page cache answers them in
+        microseconds; a pool trip costs more than the write).  A writeback stall could
+        still block it: the caller measures and backs off (`sheep.replication.replica`).
+        """
+        view = memoryview(data).cast("B")
+        if self._failed is not None or not view.nbytes or oid not in self._ticks:
+            return False
+        stripe = self._stripe(oid)
+        if not stripe.acquire(False):
+            return False
+        try:
+            fd = self._fds.lease(oid)
+            if fd is None:
+                return False
+            self._check_range(oid, offset, view.nbytes)
+            self.space.claim(view.nbytes)
+            try:
+                write_in_place(fd, offset, view)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise NoSpace(f"store {self.root}: {exc.strerror} writing oid={oid:016x}",
+                                  oid=oid) from None
+                raise
+            finally:
+                self.space.release(view.nbytes)
+                self._fds.release(fd)
+            current = self._versions.get(oid, ZERO)
+            self._mutated(oid, version if version > current else current)
+            return True
+        finally:
+            stripe.release()
+
     def _write_in_place(self, oid: int, offset: int, view: memoryview, version: Version) -> None:
         fd = self._fd_locked(oid)
         try:

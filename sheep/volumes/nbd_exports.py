@@ -70,9 +70,10 @@ class VdiExport:
         if self.revoked:
             raise Fenced(f"lock of VDI '{self.entry['name']}' was broken; export revoked")
 
-    @contextlib.contextmanager
-    def _mutating(self, offset: int, length: int):
-        """One write/trim/zeroes: waits at the barrier, counts in flight, yields the Volume."""
+    def _mutate(self, offset: int, length: int, fn, fua: bool) -> None:
+        """One write/trim/zeroes: ``fn(volume)`` once past the barrier, counted in flight,
+        with reclaim told when it dropped a reference to a shared object (no context
+        managers: this is the hot path of every NBD write)."""
         self._check()
         while not self._open.is_set():
             self._open.wait()
@@ -81,8 +82,14 @@ class VdiExport:
         self._idle.clear()
         try:
             volume = self.volume
-            with self._provider.reclaimer.watching(volume, offset, length):
-                yield volume
+            reclaimer = self._provider.reclaimer
+            shared = reclaimer.shared_before(volume, offset, length)
+            try:
+                fn(volume)
+                if fua:
+                    volume.flush()
+            finally:
+                reclaimer.after(volume, shared)
         except StaleGeneration:
             # a newer holder took the VDI (our lock was broken or our session lost)
             self._provider.revoke(self)
@@ -110,26 +117,18 @@ class VdiExport:
         return self.volume.read(offset, length)
 
     def write(self, offset: int, data, fua: bool = False) -> None:
-        with self._mutating(offset, len(data)) as volume:
-            volume.write(offset, data)
-            if fua:
-                volume.flush()
+        self._mutate(offset, len(data), lambda v: v.write(offset, data), fua)
 
     def flush(self) -> None:
         self._check()
         self.volume.flush()
 
     def trim(self, offset: int, length: int, fua: bool = False) -> None:
-        with self._mutating(offset, length) as volume:
-            volume.trim(offset, length)
-            if fua:
-                volume.flush()
+        self._mutate(offset, length, lambda v: v.trim(offset, length), fua)
 
     def write_zeroes(self, offset: int, length: int, may_trim: bool, fua: bool = False) -> None:
-        with self._mutating(offset, length) as volume:
-            volume.write_zeroes(offset, length, may_trim=may_trim)
-            if fua:
-                volume.flush()
+        self._mutate(offset, length,
+                     lambda v: v.write_zeroes(offset, length, may_trim=may_trim), fua)
 
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         self._check()

@@ -23,7 +23,8 @@ New references only ever come from copying a live map, so a pass never frees
 an object that a VDI created during the pass could point at.
 
 Copy-on-write and trim on a working VDI can drop its last reference to a
-deleted snapshot's object; the writers call `kick` (through `watching`), which
+deleted snapshot's object; the writers call `kick` (through `shared_before` and `after`,
+or `watching`), which
 runs one more pass in the background, coalescing kicks that arrive meanwhile.
 Passes on one node run one at a time; passes on two nodes may overlap and are
 harmless (removes are idempotent).
@@ -69,22 +70,38 @@ class Reclaimer:
             except Exception as exc:  # the next delete or kick tries again
                 log.warning("reclaim pass failed: %s", exc)
 
+    def shared_before(self, volume, offset: int, length: int) -> list[tuple[int, int]] | None:
+        """Before a write/trim on ``volume``: the indexes in the range that point at another
+        VDI's object, as (index, owner); None when there are none (the common case: then
+        nothing can drop a reference)."""
+        osz = volume.object_size
+        objmap = volume.objmap
+        first, last = offset // osz, (offset + max(length, 1) - 1) // osz
+        last = min(last, len(objmap) - 1)
+        vid = volume.vid
+        shared = None
+        for i in range(first, last + 1):
+            owner = objmap.get(i)
+            if owner and owner != vid:
+                if shared is None:
+                    shared = []
+                shared.append((i, owner))
+        return shared
+
+    def after(self, volume, shared: list[tuple[int, int]] | None) -> None:
+        """After it: kick a pass if it dropped a reference to another VDI's object
+        (copy-on-write or trim of a shared object)."""
+        if shared and any(volume.objmap.get(i) != owner for i, owner in shared):
+            self.kick()
+
     @contextlib.contextmanager
     def watching(self, volume, offset: int, length: int):
-        """Around a write/trim on ``volume``: kick a pass if it dropped a reference to
-        another VDI's object (copy-on-write or trim of a shared object)."""
-        osz = volume.object_size
-        first, last = offset // osz, (offset + max(length, 1) - 1) // osz
-        last = min(last, len(volume.objmap) - 1)
-        before = [volume.objmap.get(i) for i in range(first, last + 1)]
+        """`shared_before` and `after` around a block."""
+        shared = self.shared_before(volume, offset, length)
         try:
             yield
         finally:
-            vid = volume.vid
-            for i, owner in zip(range(first, last + 1), before):
-                if owner and owner != vid and volume.objmap.get(i) != owner:
-                    self.kick()
-                    break
+            self.after(volume, shared)
 
     # -- one pass --------------------------------------------------------------
     def run(self) -> family.ReclaimPlan:

@@ -17,7 +17,10 @@ sequential writes first so that reads hit data, not holes.  Then every fio job
 (``ioengine=nbd``, one connection each, ``--time_based`` with a 1 s ramp) runs
 against every target: 4 KiB random read and write at queue depth 1 and 16,
 1 MiB sequential read and write at queue depth 4.  The table gives each figure
-and its ratio to qemu-nbd; latencies are fio's mean and 99th percentile.
+and its ratio to qemu-nbd; latencies are fio's mean and 99th percentile; the CPU
+microseconds per I/O of every server process (user + system from /proc/PID/stat,
+over fio's measured window; for sheep ``gw`` is node 0, the gateway fio attaches
+through, ``r1``/``r2`` its remote replicas); and the load average.
 
 Needs fio (with the nbd engine), qemu-nbd, nbdinfo, and a ZooKeeper install
 (see compose/zookeeper.py).  Runs from the repository root (or anywhere with the
@@ -62,6 +65,19 @@ class Result:
     unit: str
     lat_mean_us: float
     lat_p99_us: float | None
+    ios: int = 0            # I/Os completed in the measured window
+    cpu_us_per_io: dict = field(default_factory=dict)   # process name -> CPU us per I/O
+    load: float = 0.0       # 1-minute load average at the end of the job
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU of a process so far (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 @dataclass
@@ -70,21 +86,28 @@ class Target:
     uri: str
     stop: callable
     before_job: callable = lambda: None        # e.g. wait until the VDI lock is free
+    pids: callable = lambda: {}                # process name -> pid, for CPU per I/O
     results: dict[str, Result] = field(default_factory=dict)
     prefill_s: float = 0.0
 
 
 def run_fio(uri: str, name: str, rw: str, bs: str, qd: int, size: int, runtime_s: float | None,
-            outdir: Path) -> Result:
+            outdir: Path, pids: dict | None = None) -> Result:
     out = outdir / f"{name}.json"
     cmd = ["fio", f"--name={name}", "--ioengine=nbd", f"--uri={uri}", f"--size={size}",
            f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", "--norandommap", "--randrepeat=0",
            "--lat_percentiles=1", "--output-format=json", f"--output={out}"]
     if runtime_s:
         cmd += ["--time_based", f"--runtime={runtime_s}", "--ramp_time=1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    pids = pids or {}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if runtime_s:
+        time.sleep(1.0)             # the ramp: fio does not count it, neither do we
+    cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()}
+    stdout, stderr = proc.communicate()
+    cpu1 = {n: cpu_seconds(pid) for n, pid in pids.items()}
     if proc.returncode != 0:
-        raise RuntimeError(f"fio {name} on {uri} failed: {proc.stdout[-500:]} {proc.stderr[-500:]}")
+        raise RuntimeError(f"fio {name} on {uri} failed: {stdout[-500:]} {stderr[-500:]}")
     text = out.read_text()
     job = json.loads(text[text.index("{"):])["jobs"][0]    # fio may print a banner first
     if job.get("error"):
@@ -96,7 +119,10 @@ def run_fio(uri: str, name: str, rw: str, bs: str, qd: int, size: int, runtime_s
         value, unit = side["iops"], "IOPS"
     else:
         value, unit = side["bw_bytes"] / MiB, "MiB/s"
-    return Result(value, unit, lat.get("mean", 0) / 1000, p99 / 1000 if p99 else None)
+    ios = int(side.get("total_ios") or 0)
+    cpu = {n: (cpu1[n] - cpu0[n]) * 1e6 / ios for n in pids} if ios else {}
+    return Result(value, unit, lat.get("mean", 0) / 1000, p99 / 1000 if p99 else None, ios, cpu,
+                  os.getloadavg()[0])
 
 
 def wait(pred, timeout_s: float, what: str) -> None:
@@ -139,7 +165,7 @@ def start_qemu_nbd(workdir: Path, size: int) -> Target:
     except BaseException:
         stop()
         raise
-    return Target("qemu-nbd", uri, stop)
+    return Target("qemu-nbd", uri, stop, pids=lambda: {"qemu-nbd": proc.pid})
 
 
 def start_sheep(workdir: Path, name: str, nodes: int, copies: int, size: int) -> Target:
@@ -164,7 +190,12 @@ def start_sheep(workdir: Path, name: str, nodes: int, copies: int, size: int) ->
         wait(lambda: not requests.get(node.admin_url + "/locks", timeout=5).json()["locks"],
              15, f"{name}: VDI lock released")
 
-    return Target(name, f"nbd://127.0.0.1:{node.nbd_port}/bench", cluster.stop, unlocked)
+    def pids() -> dict:
+        # node 0 is the gateway (fio attaches through it); the others are its remote replicas
+        return {("gw" if i == 0 else f"r{i}"): s.pid for i, s in enumerate(cluster.sheep)}
+
+    return Target(name, f"nbd://127.0.0.1:{node.nbd_port}/bench", cluster.stop, unlocked,
+                  pids=pids)
 
 
 # -- report -------------------------------------------------------------------------------
@@ -182,6 +213,12 @@ def fmt_lat(r: Result | None) -> str:
     return f"{r.lat_mean_us:,.0f} / {p99}"
 
 
+def fmt_cpu(r: Result | None) -> str:
+    if r is None or not r.cpu_us_per_io:
+        return "-"
+    return " / ".join(f"{n} {v:,.0f}" for n, v in r.cpu_us_per_io.items())
+
+
 def table(targets: list[Target], markdown: bool) -> str:
     ref = next((t for t in targets if t.name == "qemu-nbd"), None)
     header = ["job", "unit"]
@@ -190,6 +227,8 @@ def table(targets: list[Target], markdown: bool) -> str:
         if ref is not None and t is not ref:
             header.append("ratio")
     header += [f"{t.name} lat us (mean / p99)" for t in targets]
+    header += [f"{t.name} CPU us per I/O" for t in targets]
+    header.append("load")
     rows = []
     for name, _rw, _bs, _qd in JOBS:
         any_r = next((t.results[name] for t in targets if name in t.results), None)
@@ -201,6 +240,9 @@ def table(targets: list[Target], markdown: bool) -> str:
                 base = ref.results.get(name)
                 row.append(f"{r.value / base.value:.2f}" if r and base and base.value else "-")
         row += [fmt_lat(t.results.get(name)) for t in targets]
+        row += [fmt_cpu(t.results.get(name)) for t in targets]
+        loads = [t.results[name].load for t in targets if name in t.results]
+        row.append(f"{max(loads):.1f}" if loads else "-")
         rows.append(row)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -257,9 +299,10 @@ def main(argv=None) -> int:
                         continue
                     target.before_job()
                     r = run_fio(target.uri, f"{tname}-{name}", rw, bs, qd, args.size,
-                                args.runtime, workdir)
+                                args.runtime, workdir, target.pids())
                     target.results[name] = r
-                    print(f"#   {name}: {fmt(r)} {r.unit}, lat {fmt_lat(r)} us", flush=True)
+                    print(f"#   {name}: {fmt(r)} {r.unit}, lat {fmt_lat(r)} us, CPU us per I/O "
+                          f"{fmt_cpu(r)}, load {r.load:.1f}", flush=True)
             finally:
                 target.stop()
             print(f"# {tname} done, load average {os.getloadavg()[0]:.1f}", flush=True)

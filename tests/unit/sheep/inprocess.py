@@ -76,11 +76,25 @@ class NodePeers:
     def call(self, addr, port, header, payload=b"", timeout_s=30.0):
         return self.net.dispatch(self.node_id, addr, port, header, payload)
 
+    def start(self, addr, port, header, payload=b""):
+        return _Pending(gevent.spawn(self.net.dispatch, self.node_id, addr, port, header,
+                                     payload))
+
     def drop(self, addr, port, why):
         pass
 
     def close(self):
         pass
+
+
+class _Pending:
+    """What `PeerPool.start` returns, for the in-process peers."""
+
+    def __init__(self, greenlet) -> None:
+        self.greenlet = greenlet
+
+    def get(self, timeout_s=30.0):
+        return self.greenlet.get(timeout=timeout_s)
 
 
 class Node:
