@@ -64,7 +64,7 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
-from common.errors import NoSpace, SheepError, Unavailable
+from common.errors import Corrupt, NoSpace, SheepError, Unavailable
 from coordinator.ring import Member
 from sheep.recovery.puller import NONE, ObjectPuller
 from sheep.recovery.stale import StaleJanitor, fetch_any, list_all, version_any
@@ -203,16 +203,26 @@ class Recovery:
         p.update(state="recovering", checked=len(candidates), total=len(wanted))
         pool = Pool(self._parallel)
         failures: list[BaseException] = []
+        lost: list[int] = []                # every source corrupt: nothing to pull from
         for oid, (newest, sources) in sorted(wanted.items()):
             self._pace(view)
             pool.wait_available()
             if self.epochs.epoch != view.epoch or not self.enabled or failures:
                 break
             self.throttle.start()
-            pool.spawn(self._background, failures, oid, newest, sources, view)
+            pool.spawn(self._background, failures, lost, oid, newest, sources, view)
         pool.join()
         if failures and self.epochs.epoch == view.epoch:
             raise failures[0]
+        if lost and self.epochs.epoch == view.epoch and self.enabled:
+            # the rest is pulled; this epoch stays unfinished (no marker: every stale copy
+            # is kept) until an operator repairs the objects or a new epoch comes
+            message = (f"RECOVERY INCOMPLETE: {len(lost)} object(s) have no intact copy on "
+                       f"any member ({', '.join(f'{o:016x}' for o in sorted(lost)[:5])}"
+                       f"{' ...' if len(lost) > 5 else ''}); see 'collie cluster check'")
+            p.update(state="stopped", error=message)
+            log.error("epoch=%d %s", view.epoch, message)
+            return p
         if self.epochs.epoch != view.epoch or not self.enabled:
             p["state"] = "interrupted" if self.enabled else "disabled"
             log.info("epoch=%d recovery %s after %d of %d objects", view.epoch, p["state"],
@@ -221,11 +231,14 @@ class Recovery:
         self._finish(view, live)
         return p
 
-    def _background(self, failures: list, oid: int, newest: Version, sources: list[Member],
-                    view: EpochView) -> None:
-        """One pull of the pass; a failure stops the pass (kept, not printed by gevent)."""
+    def _background(self, failures: list, lost: list, oid: int, newest: Version,
+                    sources: list[Member], view: EpochView) -> None:
+        """One pull of the pass; a failure stops the pass (kept, not printed by gevent),
+        except an object whose every source is corrupt: the others go on."""
         try:
             self.throttle.moved(self.puller.recover(oid, newest, sources, view))
+        except Corrupt:
+            lost.append(oid)
         except Exception as exc:
             failures.append(exc)
         finally:

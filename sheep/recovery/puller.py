@@ -77,7 +77,9 @@ class ObjectPuller:
         return self.local_version(oid) >= newest or self._verified.get(oid) == epoch
 
     def _pull(self, oid: int, newest: Version, sources: list[Member], view: EpochView) -> int:
-        last: Exception | None = None
+        """Pull from the first source that hands over a verified copy.  `Corrupt` only when
+        every source's copy failed its checksums; else the last other error."""
+        errors: list[Exception] = []
         # this node first (a stale copy of its own costs no network), then the others
         for m in sorted(sources, key=lambda m: m.node_id != self.node_id):
             try:
@@ -87,11 +89,8 @@ class ObjectPuller:
                     header, data = self._call(m, {"op": "fetch_any", "oid": oid,
                                                   "epoch": view.epoch})
                     version = Version.from_wire(header["version"])
-            except (Corrupt, NoObject) as exc:
-                last = exc
-                continue
             except SheepError as exc:
-                last = exc
+                errors.append(exc)
                 continue
             if self._verified.get(oid) == view.epoch:
                 return 0  # a client made it current meanwhile: never overwrite that
@@ -103,8 +102,9 @@ class ObjectPuller:
                 log.debug("oid=%016x pulled version %s from %s (%d bytes)", oid, version,
                           m.node_id, nbytes)
             return nbytes
-        if last is not None:
-            raise last
+        if errors:
+            others = [e for e in errors if not isinstance(e, Corrupt)]
+            raise others[-1] if others else errors[-1]
         log.warning("oid=%016x: no live holder of version %s; left as is", oid, newest)
         return 0
 

@@ -38,21 +38,25 @@ log = logging.getLogger(__name__)
 
 
 def list_all(store: ObjectStore) -> dict[int, Version]:
-    """Live objects plus stale copies (a live copy wins unless a stale one is newer)."""
-    out = store.stale.list()
-    for oid, version in store.list_objects().items():
-        if oid not in out or version >= out[oid]:
+    """Live objects plus stale copies (a live copy wins unless a stale one is newer).
+
+    The live objects are listed first: a copy moving to the stale area meanwhile is then
+    found in one list or the other (or both), never in neither."""
+    out = store.list_objects()
+    for oid, version in store.stale.list().items():
+        if oid not in out or version > out[oid]:
             out[oid] = version
     return out
 
 
 def version_any(store: ObjectStore, oid: int) -> Version:
-    """The newest version of ``oid`` here, live or stale; NoObject when neither exists."""
-    best = store.stale.version_of(oid)
+    """The newest version of ``oid`` here, live or stale; NoObject when neither exists
+    (live first, for the same reason as `list_all`)."""
     try:
         live = store.version_of(oid)
     except NoObject:
         live = None
+    best = store.stale.version_of(oid)
     if live is not None and (best is None or live >= best):
         best = live
     if best is None:

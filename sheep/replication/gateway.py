@@ -45,20 +45,9 @@ from typing import Callable
 import gevent
 from gevent.event import Event
 
-from common.errors import (
-    Corrupt,
-    Degraded,
-    InvalidRequest,
-    NoObject,
-    NoSpace,
-    NotReady,
-    OldEpoch,
-    OutOfRange,
-    ReadOnly,
-    SheepError,
-    StaleGeneration,
-    Unavailable,
-)
+from common.errors import (Corrupt, Degraded, Fenced, InvalidRequest, NewEpoch, NoObject,
+                           NoSpace, NotReady, OldEpoch, OutOfRange, ReadOnly, SheepError,
+                           StaleGeneration, Unavailable)
 from coordinator.ring import Member
 from sheep.peer.client import PeerPool
 from sheep.replication.convergence import Converger
@@ -88,7 +77,7 @@ class Gateway:
         self.min_copies = min_copies
         self.converger = Converger(self)
         self._seq = itertools.count(time.time_ns() // 1000)
-        self._mutating: dict[int, int] = {}        # oid -> mutations in flight here
+        self._mutating: dict[int, list] = {}       # oid -> [(lo, hi, done)] in flight here
         self._held: dict[int, Event] = {}          # oid -> set when its resync is over
         self._repairing: set[int] = set()
 
@@ -131,18 +120,33 @@ class Gateway:
                 return
         self._await_newer(view, deadline, errors[0])
 
-    def _enter(self, oid: int) -> None:
-        """Count one mutation of ``oid`` in flight, after any resync of it."""
-        while oid in self._held:
-            self._held[oid].wait()
-        self._mutating[oid] = self._mutating.get(oid, 0) + 1
+    def _enter(self, oid: int, lo: int, hi: int) -> tuple:
+        """Register a mutation of bytes ``[lo, hi)`` of ``oid``, once no resync of it runs
+        and no mutation of an overlapping range is in flight here.  Overlapping writes one
+        after the other: two replicas applying them in different orders (the network or the
+        write queue may reorder them) would end up with different bytes under one version.
+        Mutations of separate ranges of one object still run together."""
+        while True:
+            held = self._held.get(oid)
+            if held is not None:
+                held.wait()
+                continue
+            running = self._mutating.get(oid)
+            if running:
+                clash = next((r for r in running if r[0] < hi and lo < r[1]), None)
+                if clash is not None:
+                    clash[2].wait()
+                    continue
+            mine = (lo, hi, Event())
+            self._mutating.setdefault(oid, []).append(mine)
+            return mine
 
-    def _leave(self, oid: int) -> None:
-        n = self._mutating[oid] - 1
-        if n:
-            self._mutating[oid] = n
-        else:
+    def _leave(self, oid: int, mine: tuple) -> None:
+        running = self._mutating[oid]
+        running.remove(mine)
+        if not running:
             del self._mutating[oid]
+        mine[2].set()
 
     # -- mutations -----------------------------------------------------------
     def write(self, oid: int, offset: int, data, copies: int, create: bool = False, *,
@@ -156,8 +160,10 @@ class Gateway:
 
         def local(epoch: int) -> None:
             self.local.write(epoch, oid, offset, data, create, generation, seq)
+        # a fresh copy replaces the whole object: it overlaps everything
+        span = (0, 1 << 62) if create else (offset, offset + memoryview(data).nbytes)
         return self._mutate(oid, copies, header, data, local, session, in_place=not create,
-                            write=True, stamp=(generation, seq))
+                            write=True, stamp=(generation, seq), span=span)
 
     def remove(self, oid: int, copies: int, *, generation: int = 0, seq: int | None = None,
                session: int | None = None) -> int:
@@ -170,7 +176,8 @@ class Gateway:
                             write=False, stamp=(generation, seq))
 
     def _mutate(self, oid: int, copies: int, header: dict, payload, local, session: int | None,
-                *, in_place: bool, write: bool, stamp: tuple[int, int]) -> int:
+                *, in_place: bool, write: bool, stamp: tuple[int, int],
+                span: tuple[int, int] = (0, 1 << 62)) -> int:
         deadline = time.monotonic() + self.io_timeout_s
         resyncs = 0
         while True:
@@ -182,11 +189,11 @@ class Gateway:
                 raise Degraded(f"only {len(targets)} of the {need} copies the cluster requires "
                                f"(min_copies) can be written at epoch {view.epoch}: writes are "
                                "refused until more zones are up", epoch=view.epoch)
-            self._enter(oid)
+            mine = self._enter(oid, *span)
             try:
                 results = self._fan_out(targets, header, payload, local, view.epoch)
             finally:
-                self._leave(oid)
+                self._leave(oid, mine)
             errors = [e for e in results.values() if e is not None]
             if not errors:
                 if self.epochs.epoch > view.epoch and time.monotonic() < deadline:
@@ -194,11 +201,11 @@ class Gateway:
                              oid, view.epoch, self.epochs.epoch)
                     continue
                 return view.epoch
-            _reraise_unexpected(errors)
             applied = [m for m, e in results.items() if e is None]
-            final = [m for m, e in results.items() if isinstance(e, NoSpace)]
-            if final and applied:
-                self._diverged(oid, copies, applied, final, view, stamp)
+            refused = [m for m, e in results.items() if _refused_for_good(e)]
+            if applied and refused:
+                self._diverged(oid, copies, applied, refused, view, stamp)
+            _reraise_unexpected(errors)
             missing = [m for m, e in results.items() if isinstance(e, (NoObject, Corrupt))]
             if in_place and missing:
                 if len(missing) == len(targets) and all(
@@ -398,6 +405,17 @@ class Gateway:
             _reraise_unexpected(errors)
             log.info("%s at epoch %d: %s; retrying", what, view.epoch, errors[0])
             self._after_errors(view, errors, deadline)
+
+
+_RETRYABLE = (Unavailable, OldEpoch, NewEpoch, Fenced, NotReady, NoObject, Corrupt,
+              StaleGeneration)
+
+
+def _refused_for_good(err) -> bool:
+    """A replica refused a mutation others may have applied, and no retry at a new epoch
+    will change that (a full disk, an internal error).  Not a superseded generation: a
+    stale writer must leave the copies to the new holder."""
+    return err is not None and not isinstance(err, _RETRYABLE)
 
 
 def _reraise_unexpected(errors: list[BaseException]) -> None:

@@ -151,18 +151,24 @@ class Replica:
         self.check_writable(wait_s=self._epoch_wait_s)
         self.check_epoch(epoch)
         vid = oid_vid(oid)
+        generations = self.generations
         self.inflight.enter(epoch)
         try:
-            self.generations.admit(vid, generation)
-            if create:
-                if self.recovery is not None:
-                    self.recovery.created(oid, epoch)
-            else:
-                self._ensure_current(oid, epoch)
-            self.activity.record(vid, oid, generation, seq)
-            version = Version(epoch, generation, seq)
-            if create or not self._write_inline(oid, offset, data, version):
-                self._writes.write(oid, offset, data, version, create)
+            generations.admit(vid, generation)
+            generations.enter(vid, generation)
+            try:
+                if create:
+                    if self.recovery is not None:
+                        self.recovery.created(oid, epoch)
+                else:
+                    self._ensure_current(oid, epoch)
+                self.activity.record(vid, oid, generation, seq)
+                version = Version(epoch, generation, seq)
+                generations.still_current(vid, generation)
+                if create or not self._write_inline(oid, offset, data, version):
+                    self._writes.write(oid, offset, data, version, create)
+            finally:
+                generations.leave(vid, generation)
         except Unavailable:
             if self.store.failed is not None:
                 self._report_failure()
@@ -191,11 +197,15 @@ class Replica:
         vid = oid_vid(oid)
         with self.inflight.mutation(epoch):
             self.generations.admit(vid, generation)
-            self.activity.record(vid, oid, generation, seq)
+            self.generations.enter(vid, generation)
             try:
-                self._io(self.store.remove, oid, Version(epoch, generation, seq))
-            except NoObject:
-                pass
+                self.activity.record(vid, oid, generation, seq)
+                try:
+                    self._io(self.store.remove, oid, Version(epoch, generation, seq))
+                except NoObject:
+                    pass
+            finally:
+                self.generations.leave(vid, generation)
 
     def install(self, epoch: int, oid: int, data, version: Version, *,
                 expect_tick=ANY_TICK, only_if_newer: bool = False) -> bool:

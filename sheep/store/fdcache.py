@@ -48,9 +48,15 @@ class FdCache:
                 return fd
         fd = os.open(path, os.O_RDWR)
         with self._lock:
-            self._fds[oid] = fd
-            self._users[fd] = 1
-            evicted = self._evict_locked()
+            cached = self._fds.get(oid)
+            if cached is not None:      # a reader adopted one while we opened ours
+                self._users[cached] += 1
+                evicted = [fd]
+                fd = cached
+            else:
+                self._fds[oid] = fd
+                self._users[fd] = 1
+                evicted = self._evict_locked()
         for old in evicted:
             os.close(old)
         return fd

@@ -32,11 +32,9 @@ The daemon calls this class from gevent's thread pool, several OS threads at onc
   mutation in this process: a repair that must not undo a write it did not see
   installs only if the tick is still the one it read (``expect_tick``).
 
-Durability: no write fsyncs.  ``flush()`` writes the headers of, and fsyncs, every
-object mutated since the last flush, then ``obj/`` when entries changed.  An fsync
-failure is sticky: the kernel may have dropped the dirty pages, so this copy may have
-lost acknowledged writes; every later call raises `Unavailable` and the daemon leaves
-the cluster (its replicas are rebuilt elsewhere).
+Durability: no write fsyncs; ``flush()`` does (headers, files, directories).  A failed
+fsync, or a disk refusing a write (EIO, read-only), is sticky: this copy may lack
+acknowledged writes, every later call raises `Unavailable`, the daemon leaves the cluster.
 """
 from __future__ import annotations
 
@@ -109,6 +107,7 @@ class ObjectStore(VerifyMixin):
         self._tombstones: dict[int, Version] = {}
         self.corrupt_reads = 0                 # reads that found a block failing its sum
         self._failed: str | None = None
+        self._flush_lock = lock_factory()      # one flush at a time (see flush)
         self._clean_tmp()
         self._scan()
 
@@ -326,10 +325,7 @@ class ObjectStore(VerifyMixin):
                 else:
                     self._write_in_place(oid, offset, view, version)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpace(f"store {self.root}: {exc.strerror} writing oid={oid:016x}",
-                              oid=oid) from None
-            raise
+            self._io_error(exc, oid, "writing")
         finally:
             self.space.release(view.nbytes + (BLOCK if create else 0))
 
@@ -357,10 +353,7 @@ class ObjectStore(VerifyMixin):
             try:
                 write_in_place(fd, offset, view)
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise NoSpace(f"store {self.root}: {exc.strerror} writing oid={oid:016x}",
-                                  oid=oid) from None
-                raise
+                self._io_error(exc, oid, "writing")
             finally:
                 self.space.release(view.nbytes)
                 self._fds.release(fd)
@@ -412,8 +405,13 @@ class ObjectStore(VerifyMixin):
                         return False
                 if expect_tick is not ANY_TICK and self._ticks.get(oid, 0) != expect_tick:
                     return False
+                tombstone = self._tombstones.get(oid)
+                if oid not in self._versions and tombstone is not None and version <= tombstone:
+                    return False    # removed since that copy was made: do not bring it back
                 self._build(oid, 0, view, version, whole=True)
                 return True
+        except OSError as exc:
+            self._io_error(exc, oid, "installing")
         finally:
             self.space.release(view.nbytes + BLOCK)
 
@@ -428,6 +426,8 @@ class ObjectStore(VerifyMixin):
                 os.unlink(self.path_of(oid))
             except FileNotFoundError:
                 raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
+            except OSError as exc:
+                self._io_error(exc, oid, "removing")
             self._forget(oid)
             self._dir_dirty = True
 
@@ -485,9 +485,17 @@ class ObjectStore(VerifyMixin):
 
     def flush(self) -> int:
         """Write the header of, and fsync, every object mutated since the last flush, then
-        obj/ if needed.  Returns how many object files were synced.  Every mutation that
-        returned before this call started is on stable storage when it returns."""
+        the changed directories.  Returns how many object files were synced.  Every
+        mutation that returned before this call started is on stable storage when it
+        returns: flushes run one at a time (a second one must not find the dirty set
+        empty and return while the first is still fsyncing what it took from it), and an
+        object whose sync failed goes back into the dirty set."""
         self._check_usable()
+        with self._flush_lock:
+            self._check_usable()
+            return self._flush_locked()
+
+    def _flush_locked(self) -> int:
         synced = 0
         while True:
             try:
@@ -495,20 +503,26 @@ class ObjectStore(VerifyMixin):
             except KeyError:
                 break
             try:
-                fd = os.open(self.path_of(oid), os.O_RDWR)
-            except FileNotFoundError:
-                continue  # removed or moved to stale since its write
-            try:
-                version = self._versions.get(oid)
-                if version is not None:
-                    os.pwrite(fd, objfile.pack_header(version), 0)
-                self._fsync(fd, f"oid={oid:016x}")
                 try:
-                    self._blocks[oid] = os.fstat(fd).st_blocks
-                except OSError:
-                    pass                        # removed meanwhile
-            finally:
-                os.close(fd)
+                    fd = os.open(self.path_of(oid), os.O_RDWR)
+                except FileNotFoundError:
+                    continue  # removed or moved to stale since its write
+                try:
+                    version = self._versions.get(oid)
+                    if version is not None:
+                        os.pwrite(fd, objfile.pack_header(version), 0)
+                    self._fsync(fd, f"oid={oid:016x}")
+                    try:
+                        self._blocks[oid] = os.fstat(fd).st_blocks
+                    except OSError:
+                        pass                    # removed meanwhile
+                finally:
+                    os.close(fd)
+            except BaseException as exc:
+                self._dirty.add(oid)            # not synced: the next flush must try again
+                if isinstance(exc, OSError):
+                    self._fail(f"flush of oid={oid:016x} failed: {exc.strerror or exc}")
+                raise
             synced += 1
         while self._stale_dirty:                # copies moved aside keep their entries too
             d = self._stale_dirty.pop()
@@ -536,10 +550,24 @@ class ObjectStore(VerifyMixin):
         try:
             os.fsync(fd)
         except OSError as exc:
-            self._failed = f"fsync of {what} failed: {exc.strerror or exc}"
+            self._fail(f"fsync of {what} failed: {exc.strerror or exc}")
+
+    def _fail(self, why: str):
+        """The disk lost or refused what it was given (a failed fsync, EIO, a filesystem
+        gone read-only): this copy may lack acknowledged writes, so the store serves
+        nothing more and the node leaves the cluster.  Raises Unavailable."""
+        if self._failed is None:
+            self._failed = why
             log.critical("store %s: %s; unsynced writes may be lost: this store serves "
-                         "nothing more", self.root, self._failed)
-            raise Unavailable(f"store {self.root} failed ({self._failed})") from None
+                         "nothing more", self.root, why)
+        raise Unavailable(f"store {self.root} failed ({self._failed})") from None
+
+    def _io_error(self, exc: OSError, oid: int, what: str):
+        """An OSError from a mutation: NoSpace for a full disk, else a failed store."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(f"store {self.root}: {exc.strerror} {what} oid={oid:016x}",
+                          oid=oid) from None
+        self._fail(f"{what} oid={oid:016x} failed: {exc.strerror or exc}")
 
     # ------------------------------------------------------------ stale copies
 

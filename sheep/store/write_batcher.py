@@ -50,7 +50,14 @@ class WriteBatcher:
         del self._queue[:self._max_batch]
         if not batch:
             return
-        outcomes = self._run_in_pool(self._run_batch, [args for args, _ in batch])
+        try:
+            outcomes = self._run_in_pool(self._run_batch, [args for args, _ in batch])
+        except BaseException as exc:    # the runner was killed (shutdown) or the pool failed
+            for _, done in batch:
+                if not done.ready():
+                    done.set_exception(exc if isinstance(exc, Exception)
+                                       else RuntimeError(f"write batch abandoned: {exc!r}"))
+            raise
         for (_, done), outcome in zip(batch, outcomes):
             if outcome is None:
                 done.set(None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from common.errors import NoObject, SheepError
+from common.errors import NoObject
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class VdiWriter:
             return run(seq)
         except NoObject:
             raise           # nothing was written anywhere (every target said so)
-        except SheepError:
-            self._unsettled.add(seq)
+        except BaseException:
+            self._unsettled.add(seq)    # it may have reached some replicas only
             raise
         finally:
             self._in_flight.discard(seq)

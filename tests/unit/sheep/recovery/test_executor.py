@@ -11,12 +11,12 @@ from coordinator.cluster import same_members
 from coordinator.ring import Member, Ring
 from sheep.daemon.lifecycle import Lifecycle
 from sheep.recovery.executor import Recovery
-from sheep.recovery.stale import StaleJanitor
+from sheep.recovery.stale import StaleJanitor, list_all, version_any
 from sheep.recovery.throttle import Limits, Throttle
 from sheep.replication.epoch import EpochState, EpochView
 from sheep.replication.replica import Replica
 from sheep.store.objects import ObjectStore
-from sheep.store.objfile import Version
+from sheep.store.objfile import DATA_OFFSET, Version
 
 
 class Clock:
@@ -296,3 +296,35 @@ def test_the_recovered_epoch_is_persisted_off_the_event_loop(tmp_path):
     rec._state_store = StateStore()
     rec.run_once(c.epochs.view)
     assert StateStore.threads and threading.get_ident() not in StateStore.threads
+
+
+def test_a_copy_moving_to_the_stale_area_is_listed_somewhere(tmp_path):
+    # the janitor moves copies aside while a peer asks for the list: a copy caught between
+    # the two listings must still be in one of them (it may be the only newest one)
+    store = ObjectStore(tmp_path / "s", 4 << 20, reserve_bytes=0)
+    oid = 0x4200000007
+    store.write(oid, 0, b"only", V[1], create=True)
+    real = store.stale.list
+
+    def janitor_moves_it_meanwhile():
+        listed = real()
+        store.move_to_stale(oid, 2)
+        return listed
+    store.stale.list = janitor_moves_it_meanwhile
+    assert oid in list_all(store)
+    store.stale.list = real
+    assert version_any(store, oid) == V[1]
+
+
+def test_an_object_corrupt_on_every_holder_does_not_stop_the_others(tmp_path):
+    c = FakeCluster(tmp_path, 2, epoch=4)
+    for oid in range(1, 9):
+        c.stores["n1"].write(oid, 0, bytes([oid]) * 5000, V[3], create=True)
+    with open(c.stores["n1"].path_of(2), "r+b") as f:       # its only copy rots
+        f.seek(DATA_OFFSET + 10)
+        f.write(b"\xff\xfe")
+    rec = c.recoveries["n0"]
+    p = rec.run_once(c.epochs.view)
+    assert p["state"] == "stopped" and "RECOVERY INCOMPLETE" in p["error"]
+    assert "0000000000000002" in p["error"] and rec.done_epoch == 0   # no marker
+    assert [o for o in range(1, 9) if c.stores["n0"].exists(o)] == [1, 3, 4, 5, 6, 7, 8]

@@ -159,3 +159,93 @@ def test_writes_below_min_copies_are_refused_with_a_clear_error(tmp_path):
     c.set_epoch(3, c.nodes[:2])                     # two again: writes go on
     c.nodes[0].gateway.write(OID, 0, b"x", 3, create=True)
     assert len(c.copies_of(OID)) == 2
+
+
+def test_a_write_admitted_before_a_new_holder_fenced_cannot_land_after_it(tmp_path):
+    gens = Generations()
+    c = Cluster(tmp_path, 3, generation_of=gens.generation)
+    old = VdiWriter(c.nodes[0].gateway, VID, VdiFencing(gens, c.nodes[0].gateway, "n0")
+                    .take(VID, 3, "a")["generation"], None)
+    old.write(OID, 0, b"A" * 4096, 3, create=True)
+    # the old holder's next write is admitted on n1 and then waits there (its object is
+    # being recovered, say) while the lock changes hands
+    gate, waited = Event(), []
+
+    class SlowRecovery:
+        def ensure(self, oid, epoch):
+            if not waited:
+                waited.append(True)
+                gate.wait()
+
+        def created(self, oid, epoch):
+            pass
+    c.node("n1").replica.recovery = SlowRecovery()
+    late = gevent.spawn(old.write, OID, 0, b"L" * 4096, 3)
+    gevent.sleep(0.05)
+    assert waited
+    # the new holder's fence waits for that admitted write to finish; let it go on
+    taking = gevent.spawn(VdiFencing(gens, c.node("n2").gateway, "n2").take, VID, 3, "b")
+    gevent.sleep(0.05)
+    assert not taking.ready()
+    gate.set()
+    gen2 = taking.get(timeout=5)["generation"]
+    late.join(timeout=5)
+    VdiWriter(c.node("n2").gateway, VID, gen2, None).write(OID, 0, b"N" * 4096, 3)
+    copies = c.copies_of(OID)
+    assert {v[:1] for v in copies.values()} == {b"N"}, {k: v[:1] for k, v in copies.items()}
+
+
+def test_a_local_disk_error_never_leaves_copies_apart_under_a_clean_writer(tmp_path):
+    gens = Generations()
+    c = Cluster(tmp_path, 3, generation_of=gens.generation)
+    lock = VdiFencing(gens, c.nodes[0].gateway, "n0").take(VID, 3, "a")
+    writer = VdiWriter(c.nodes[0].gateway, VID, lock["generation"], None)
+    writer.write(OID, 0, b"a" * 4096, 3, create=True)
+    store = c.nodes[0].store
+
+    def eio(*a, **k):
+        raise OSError(5, "Input/output error")
+    store.write_cached = eio
+    store.write = eio
+    with pytest.raises(Exception):
+        writer.write(OID, 0, b"b" * 4096, 3)
+    assert not writer.clean                  # the next holder resyncs what it touched
+
+
+def test_overlapping_writes_land_in_one_order_on_every_replica(tmp_path):
+    c = Cluster(tmp_path, 3)
+    gw = c.nodes[0].gateway
+    gw.write(OID, 0, b"0" * 4096, 3, create=True)
+    # the first write is held on its way to one replica (the network reorders): the second
+    # must not overtake it anywhere
+    victim = [n for n in c.placed(OID, 3) if n.node_id != "n0"][0]
+    stuck = Event()
+    c.net.holds[(victim.member.port, "write")] = stuck
+    first = gevent.spawn(gw.write, OID, 0, b"1" * 4096, 3)
+    gevent.sleep(0.02)
+    del c.net.holds[(victim.member.port, "write")]
+    second = gevent.spawn(gw.write, OID, 0, b"2" * 4096, 3)
+    gevent.sleep(0.02)
+    stuck.set()
+    gevent.joinall([first, second], raise_error=True)
+    copies = c.copies_of(OID)
+    assert len(set(copies.values())) == 1, {k: v[:1] for k, v in copies.items()}
+    assert set(copies.values()) == {b"2" * 4096}
+
+
+def test_writes_to_separate_ranges_of_one_object_still_run_together(tmp_path):
+    c = Cluster(tmp_path, 3)
+    gw = c.nodes[0].gateway
+    gw.write(OID, 0, b"0" * 8192, 3, create=True)
+    victim = [n for n in c.placed(OID, 3) if n.node_id != "n0"][0]
+    stuck = Event()
+    c.net.holds[(victim.member.port, "write")] = stuck
+    first = gevent.spawn(gw.write, OID, 0, b"1" * 4096, 3)
+    gevent.sleep(0.02)
+    del c.net.holds[(victim.member.port, "write")]
+    second = gevent.spawn(gw.write, OID, 4096, b"2" * 4096, 3)
+    second.join(timeout=2)
+    assert second.successful() and not first.ready()    # not held back by the first
+    stuck.set()
+    first.join(timeout=2)
+    assert set(c.copies_of(OID).values()) == {b"1" * 4096 + b"2" * 4096}

@@ -85,3 +85,22 @@ def test_adopt_caches_a_readers_descriptor_only_while_still_valid(files):
 def test_missing_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         FdCache().acquire(7, str(tmp_path / "nope"))
+
+
+def test_a_descriptor_adopted_while_a_writer_opened_its_own_is_not_leaked(files, monkeypatch):
+    cache = FdCache()
+    adopted = os.open(files[0], os.O_RDWR)
+    real_open = os.open
+
+    def open_while_a_reader_adopts(path, flags, *mode):
+        fd = real_open(path, flags, *mode)
+        assert cache.adopt(0, adopted, lambda: True)
+        return fd
+    monkeypatch.setattr("sheep.store.fdcache.os.open", open_while_a_reader_adopts)
+    fd = cache.acquire(0, files[0])
+    monkeypatch.undo()
+    assert fd == adopted and len(cache) == 1
+    cache.release(fd)
+    cache.release(adopted)
+    cache.close_all()
+    assert not fd_open(adopted)

@@ -573,3 +573,64 @@ def test_any_sequence_of_writes_reads_back_with_valid_sums(tmp_path_factory, wri
     assert store.read(DATA_OID, 0, len(model)) == bytes(model)
     assert store.info(DATA_OID)["bad_blocks"] == []
     assert store.read_whole(DATA_OID)[1].ljust(len(model), b"\0") == bytes(model)
+
+
+def test_a_flush_never_returns_while_another_is_still_syncing_its_writes(store, monkeypatch):
+    store.write(1, 0, b"old", V1, create=True)
+    store.flush()
+    store.write(1, 0, b"acked", V2)                 # acknowledged, not yet durable
+    real, go, synced = os.fsync, threading.Event(), []
+
+    def slow_fsync(fd):
+        go.wait(5)
+        real(fd)
+        synced.append(fd)
+    monkeypatch.setattr("sheep.store.objects.os.fsync", slow_fsync)
+    first = threading.Thread(target=store.flush)    # e.g. recovery's flush took the write
+    first.start()
+    while not store.usage()["dirty_objects"] == 0:  # it popped the dirty object
+        pass
+    second_done = []
+    second = threading.Thread(target=lambda: second_done.append(store.flush()))
+    second.start()                                  # a client's FLUSH
+    second.join(0.3)
+    assert not second_done, "a FLUSH returned before the write it covers was synced"
+    go.set()
+    first.join()
+    second.join()
+    assert synced and second_done
+
+
+def test_an_object_whose_sync_failed_stays_dirty_and_the_store_fails(store, monkeypatch):
+    store.write(1, 0, b"x", V1, create=True)
+
+    def emfile(*a, **k):
+        raise OSError(errno.EMFILE, "Too many open files")
+    monkeypatch.setattr("sheep.store.objects.os.open", emfile)
+    with pytest.raises(Unavailable):
+        store.flush()
+    monkeypatch.undo()
+    assert store.usage()["dirty_objects"] == 1 and store.failed
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.EROFS])
+def test_a_disk_refusing_a_write_fails_the_store(store, monkeypatch, err):
+    store.write(1, 0, b"x", V1, create=True)
+
+    def refuse(*a):
+        raise OSError(err, os.strerror(err))
+    monkeypatch.setattr("sheep.store.objio.os.pwrite", refuse)
+    with pytest.raises(Unavailable):
+        store.write(1, 0, b"y", V2)
+    monkeypatch.undo()
+    assert store.failed and "writing" in store.failed
+    with pytest.raises(Unavailable):                # it serves nothing any more
+        store.read(1, 0, 1)
+
+
+def test_a_repair_never_brings_back_a_copy_removed_since_it_was_made(store):
+    store.write(DATA_OID, 0, b"gone", V1, create=True)
+    store.remove(DATA_OID, V2)
+    assert not store.install(DATA_OID, b"gone", V1, expect_tick=0)
+    assert not store.exists(DATA_OID)
+    assert store.install(DATA_OID, b"new", V3, expect_tick=0)      # newer than the removal
