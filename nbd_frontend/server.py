@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 
 import gevent
 from gevent.pool import Pool
@@ -35,6 +36,7 @@ from gevent.server import StreamServer
 
 from common.errors import SheepError
 from common.sockio import BufferWriter
+from common.stages import NULL
 from nbd_frontend import protocol as p
 from nbd_frontend.export import Export, ExportProvider, errno_for, option_error_for
 from nbd_frontend.handshake import (
@@ -62,8 +64,10 @@ class NbdServer:
 
     def __init__(self, provider: ExportProvider, host: str = "127.0.0.1", port: int = 10809, *,
                  pool_size: int = 64, max_connections: int = 1024,
-                 handshake_timeout_s: float = 30.0):
+                 handshake_timeout_s: float = 30.0, timing=NULL):
         self.provider = provider
+        # request received (parsed) to reply queued, per command: labels(op).observe(s)
+        self.timing = {name: timing.labels(name) for name in _COMMAND_NAMES.values()}
         self.pool_size = pool_size
         self.handshake_timeout_s = handshake_timeout_s
         self._listen = (host, port)
@@ -132,6 +136,11 @@ class NbdServer:
             conn.run()
         finally:
             self._detach(conn)
+
+
+_COMMAND_NAMES = {p.CMD_READ: "read", p.CMD_WRITE: "write", p.CMD_FLUSH: "flush",
+                  p.CMD_TRIM: "trim", p.CMD_WRITE_ZEROES: "write_zeroes",
+                  p.CMD_BLOCK_STATUS: "block_status"}
 
 
 class _Connection:
@@ -316,11 +325,19 @@ class _Connection:
             if err:
                 self._send(p.error_reply(req.handle, err, tx.structured, msg))
                 continue
-            pool.spawn(self._execute, req, tx)     # blocks while the pool is full
+            pool.spawn(self._execute, req, tx, time.monotonic())  # blocks while the pool is full
 
-    def _execute(self, req: Request, tx: p.Transmission) -> None:
+    def _execute(self, req: Request, tx: p.Transmission, received: float) -> None:
         if self.revoked:
             return                                  # arrived or queued after the drop
+        try:
+            self._run(req, tx)
+        finally:
+            timer = self.server.timing.get(_COMMAND_NAMES.get(req.type))
+            if timer is not None:
+                timer.observe(time.monotonic() - received)
+
+    def _run(self, req: Request, tx: p.Transmission) -> None:
         export = self.export
         fua = bool(req.flags & p.CMD_FLAG_FUA)
         try:

@@ -21,6 +21,7 @@ from coordinator.locks import VdiLocks
 from coordinator.ring import Member
 from nbd_frontend.server import NbdServer
 from sheep.admin.app import AdminApp, AdminServer
+from sheep.admin.metrics import StageMetrics
 from sheep.admin.routes import build_router
 from sheep.daemon.config import SheepConfig
 from sheep.daemon.lifecycle import Lifecycle
@@ -54,7 +55,8 @@ class Sheep:
         self.node_id = self.storedir.node_id
         self.stopped = Event()
         self.epochs = EpochState()
-        self.peers = PeerPool()
+        self.stage_metrics = StageMetrics()
+        self.peers = PeerPool(timing=self.stage_metrics.peer)
         self.exit_code = 0
         self._fmt: dict | None = None
         self.store: ObjectStore | None = None
@@ -120,12 +122,13 @@ class Sheep:
         self.replica = Replica(self.store, self.epochs, is_fenced=lambda: coord.fenced,
                                wait_unfenced=coord.wait_unfenced,
                                session_generation=lambda: coord.session_generation,
-                               generation_of=self.locks.generation)
+                               generation_of=self.locks.generation,
+                               timing=self.stage_metrics.store)
         self.replica.on_store_failed = self._store_failed
         self.gateway = Gateway(self.node_id, self.replica, self.peers, self.epochs,
                                io_timeout_s=self.config.io_timeout_s,
                                peer_timeout_s=self.config.peer_timeout_s,
-                               min_copies=self._min_copies)
+                               min_copies=self._min_copies, timing=self.stage_metrics.gateway)
         self.replica.write_block = self.lifecycle.write_refusal
         self.vdis = VdiService(self.catalog, self.gateway, self.cluster_format,
                                locks=self.locks, node_id=self.node_id,
@@ -144,7 +147,8 @@ class Sheep:
         self.recovery.start()
         self.scrubber.start()
         self.exports = VdiExportProvider(self.vdis, self.locks, self.node_id)
-        self.nbd = NbdServer(self.exports, self.config.bind_addr, self.config.nbd_port)
+        self.nbd = NbdServer(self.exports, self.config.bind_addr, self.config.nbd_port,
+                             timing=self.stage_metrics.nbd)
         self.exports.server = self.nbd
 
     def _admit_and_open(self, fmt: dict | None) -> None:

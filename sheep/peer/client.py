@@ -12,12 +12,14 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+import time
 
 import gevent
 from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 
 from common.errors import SheepError, Unavailable
+from common.stages import NULL
 from sheep.peer.framing import FrameReader, FrameWriter
 from sheep.peer import wire
 
@@ -27,8 +29,11 @@ log = logging.getLogger(__name__)
 class PeerConnection:
     """One multiplexed connection to one peer address."""
 
-    def __init__(self, addr: str, port: int, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, addr: str, port: int, connect_timeout_s: float = 5.0,
+                 timing=NULL) -> None:
         self.addr, self.port = addr, port
+        self._timing = timing                 # labels(op).observe(s): request sent to reply
+        self._timers: dict = {}
         self._connect_timeout_s = connect_timeout_s
         self._sock: socket.socket | None = None
         self._writer: FrameWriter | None = None
@@ -71,7 +76,11 @@ class PeerConnection:
             self._pending.pop(rid, None)
             self._broken(exc)
             raise Unavailable(f"peer {self.addr}:{self.port}: {exc}") from None
-        return PendingCall(self, rid, result)
+        op = header.get("op")
+        timer = self._timers.get(op)
+        if timer is None:
+            timer = self._timers[op] = self._timing.labels(op)
+        return PendingCall(self, rid, result, timer)
 
     def _read_loop(self, sock: socket.socket) -> None:
         reader = FrameReader(sock)
@@ -109,10 +118,11 @@ class PeerConnection:
 class PendingCall:
     """A request in flight on a `PeerConnection`."""
 
-    __slots__ = ("conn", "rid", "result")
+    __slots__ = ("conn", "rid", "result", "timer", "sent")
 
-    def __init__(self, conn: PeerConnection, rid: int, result: AsyncResult) -> None:
+    def __init__(self, conn: PeerConnection, rid: int, result: AsyncResult, timer=NULL) -> None:
         self.conn, self.rid, self.result = conn, rid, result
+        self.timer, self.sent = timer, time.monotonic()
 
     def get(self, timeout_s: float = 30.0) -> wire.Frame:
         """The reply; its error raised as its `SheepError` class, `Unavailable` when the peer
@@ -124,23 +134,37 @@ class PendingCall:
                               f"{timeout_s}s") from None
         finally:
             self.conn._pending.pop(self.rid, None)
+        self.timer.observe(time.monotonic() - self.sent)
         if frame.header.get("code", 0):
             raise SheepError.from_wire(frame.header)
         return frame
 
 
+class _PeerTiming:
+    """The pool's histogram with the peer label already given."""
+
+    def __init__(self, timing, peer: str) -> None:
+        self._timing, self._peer = timing, peer
+
+    def labels(self, op):
+        return self._timing.labels(self._peer, op)
+
+
 class PeerPool:
     """Connections to every peer, by address, created on first use."""
 
-    def __init__(self, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, connect_timeout_s: float = 5.0, timing=NULL) -> None:
         self._conns: dict[tuple[str, int], PeerConnection] = {}
         self._connect_timeout_s = connect_timeout_s
+        self._timing = timing                 # labels(peer, op): the round trip of a request
 
     def get(self, addr: str, port: int) -> PeerConnection:
         key = (addr, port)
         conn = self._conns.get(key)
         if conn is None:
-            conn = self._conns[key] = PeerConnection(addr, port, self._connect_timeout_s)
+            conn = self._conns[key] = PeerConnection(
+                addr, port, self._connect_timeout_s,
+                _PeerTiming(self._timing, f"{addr}:{port}"))
         return conn
 
     def call(self, addr: str, port: int, header: dict, payload=b"",

@@ -48,6 +48,7 @@ from gevent.event import Event
 from common.errors import (Corrupt, Degraded, Fenced, InvalidRequest, NewEpoch, NoObject,
                            NoSpace, NotReady, OldEpoch, OutOfRange, ReadOnly, SheepError,
                            StaleGeneration, Unavailable)
+from common.stages import NULL
 from coordinator.ring import Member
 from sheep.peer.client import PeerPool
 from sheep.replication.convergence import Converger
@@ -67,7 +68,7 @@ RESYNC_ATTEMPTS = 3
 class Gateway:
     def __init__(self, node_id: str, local: Replica, peers: PeerPool, epochs: EpochState, *,
                  io_timeout_s: float = 60.0, peer_timeout_s: float = 30.0,
-                 min_copies: Callable[[], int] = lambda: 1) -> None:
+                 min_copies: Callable[[], int] = lambda: 1, timing=NULL) -> None:
         self.node_id = node_id
         self.local = local
         self.peers = peers
@@ -76,6 +77,9 @@ class Gateway:
         self.peer_timeout_s = peer_timeout_s
         self.min_copies = min_copies
         self.converger = Converger(self)
+        # one fan-out (sent to every replica, all replied) and one whole FLUSH: labels(op)
+        self._t_write, self._t_remove = timing.labels("write"), timing.labels("remove")
+        self._t_flush = timing.labels("flush")
         self._seq = itertools.count(time.time_ns() // 1000)
         self._mutating: dict[int, list] = {}       # oid -> [(lo, hi, done)] in flight here
         self._held: dict[int, Event] = {}          # oid -> set when its resync is over
@@ -163,7 +167,7 @@ class Gateway:
         # a fresh copy replaces the whole object: it overlaps everything
         span = (0, 1 << 62) if create else (offset, offset + memoryview(data).nbytes)
         return self._mutate(oid, copies, header, data, local, session, in_place=not create,
-                            write=True, stamp=(generation, seq), span=span)
+                            write=True, stamp=(generation, seq), span=span, timer=self._t_write)
 
     def remove(self, oid: int, copies: int, *, generation: int = 0, seq: int | None = None,
                session: int | None = None) -> int:
@@ -173,11 +177,11 @@ class Gateway:
         def local(epoch: int) -> None:
             self.local.remove(epoch, oid, generation, seq)
         return self._mutate(oid, copies, header, b"", local, session, in_place=False,
-                            write=False, stamp=(generation, seq))
+                            write=False, stamp=(generation, seq), timer=self._t_remove)
 
     def _mutate(self, oid: int, copies: int, header: dict, payload, local, session: int | None,
                 *, in_place: bool, write: bool, stamp: tuple[int, int],
-                span: tuple[int, int] = (0, 1 << 62)) -> int:
+                span: tuple[int, int] = (0, 1 << 62), timer=NULL) -> int:
         deadline = time.monotonic() + self.io_timeout_s
         resyncs = 0
         while True:
@@ -190,10 +194,12 @@ class Gateway:
                                f"(min_copies) can be written at epoch {view.epoch}: writes are "
                                "refused until more zones are up", epoch=view.epoch)
             mine = self._enter(oid, *span)
+            started = time.monotonic()
             try:
                 results = self._fan_out(targets, header, payload, local, view.epoch)
             finally:
                 self._leave(oid, mine)
+                timer.observe(time.monotonic() - started)
             errors = [e for e in results.values() if e is not None]
             if not errors:
                 if self.epochs.epoch > view.epoch and time.monotonic() < deadline:
@@ -349,7 +355,13 @@ class Gateway:
         """Every write acknowledged before this call is on stable storage everywhere.
         ``settle``: ``(vid, generation, seq)`` marks for the replicas' activity logs."""
         settle = [list(s) for s in settle]
-        deadline = time.monotonic() + self.io_timeout_s
+        started = time.monotonic()
+        try:
+            self._flush_all(settle, started + self.io_timeout_s)
+        finally:
+            self._t_flush.observe(time.monotonic() - started)
+
+    def _flush_all(self, settle: list, deadline: float) -> None:
         while True:
             view = self._view(deadline)
             jobs = [gevent.spawn(self._flush_one, m, settle) for m in view.members]

@@ -29,6 +29,7 @@ import gevent
 import msgpack
 from gevent.lock import Semaphore
 
+from common.stages import NULL
 from common.errors import Fenced, InvalidRequest, NewEpoch, NoObject, OldEpoch, Unavailable
 from sheep.replication.activity import ActivityLog
 from sheep.replication.epoch import EpochState, InFlight
@@ -61,7 +62,7 @@ class Replica:
                  wait_unfenced: Callable[[float], bool] = lambda _s: False,
                  session_generation: Callable[[], int] = lambda: 0,
                  generation_of: Callable[[int], int] = lambda _vid: 0,
-                 io_threads: int = 16) -> None:
+                 io_threads: int = 16, timing=NULL) -> None:
         self.store = store
         self.epochs = epochs
         self.recovery: ObjectRecovery | None = None
@@ -85,6 +86,9 @@ class Replica:
         self._failure_reported = False
         self._inline_off_until = 0.0
         self.inline_stalls = 0
+        # the store's part of a write (labels: inline, pool) and a flush's fsyncs
+        self._t_inline, self._t_pool = timing.labels("inline"), timing.labels("pool")
+        self._t_flush = timing.labels("flush")
 
     # -- checks ------------------------------------------------------------
     def check_epoch(self, epoch: int) -> None:
@@ -165,8 +169,12 @@ class Replica:
                 self.activity.record(vid, oid, generation, seq)
                 version = Version(epoch, generation, seq)
                 generations.still_current(vid, generation)
-                if create or not self._write_inline(oid, offset, data, version):
+                started = _now()
+                if not create and self._write_inline(oid, offset, data, version):
+                    self._t_inline.observe(_now() - started)
+                else:
                     self._writes.write(oid, offset, data, version, create)
+                    self._t_pool.observe(_now() - started)
             finally:
                 generations.leave(vid, generation)
         except Unavailable:
@@ -225,7 +233,11 @@ class Replica:
         # One flush at a time: a flush that found nothing dirty must not return
         # while an earlier one is still fsyncing what this caller wrote.
         with self._flush_lock:
-            return self._io(self.store.flush)
+            started = _now()
+            try:
+                return self._io(self.store.flush)
+            finally:
+                self._t_flush.observe(_now() - started)
 
     def list_objects(self) -> dict[int, Version]:
         return self._io(self.store.list_objects)
