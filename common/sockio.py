@@ -73,12 +73,18 @@ class BufferWriter:
     never copied) and never blocks; everything queued during one turn of the event
     loop goes out with a single ``sendmsg``.
 
+    That ``sendmsg`` runs in a loop callback at the end of the turn, straight on the
+    non-blocking socket (a greenlet per flush would cost more than the syscall); only
+    what the socket does not take at once is left to a greenlet that waits for room.
+
     A failed write closes the socket and calls ``on_error`` (if given); the
     connection's reader then fails too, and whoever waits for replies learns it there.
     """
 
     def __init__(self, sock: socket.socket, on_error=None) -> None:
         self._sock = sock
+        self._raw = getattr(sock, "_sock", None)    # gevent's socket wraps a non-blocking one
+        self._loop = gevent.get_hub().loop
         self._queue: list = []
         self._scheduled = False
         self._on_error = on_error
@@ -90,7 +96,10 @@ class BufferWriter:
         self._queue.extend(b for b in buffers if memoryview(b).nbytes)
         if not self._scheduled:
             self._scheduled = True
-            gevent.spawn(self._flush)
+            if self._raw is not None:
+                self._loop.run_callback(self._flush_now)
+            else:
+                gevent.spawn(self._flush)
 
     def drain(self, timeout_s: float = 5.0) -> None:
         """Until everything queued is written (or the write failed, or time is up)."""
@@ -99,35 +108,62 @@ class BufferWriter:
                 and time.monotonic() < deadline:
             gevent.sleep(0.001)
 
+    def _flush_now(self) -> None:
+        """In the hub: what the socket takes without blocking; a greenlet sends the rest."""
+        try:
+            while self._queue:
+                views = [memoryview(b).cast("B") for b in self._queue[:MAX_IOV]]
+                try:
+                    sent = self._raw.sendmsg(views)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                rest = _after(views, sent)
+                if rest:
+                    self._queue[:len(views)] = rest
+                    gevent.spawn(self._flush)
+                    return
+                del self._queue[:len(views)]
+            self._scheduled = False
+        except OSError as exc:
+            self._failed(exc)
+        except BaseException as exc:  # noqa: B036 - nothing may escape into the hub
+            self._failed(exc)
+
     def _flush(self) -> None:
         try:
             while self._queue:
                 batch, self._queue = self._queue[:MAX_IOV], self._queue[MAX_IOV:]
                 _sendmsg_all(self._sock, batch)
         except OSError as exc:
-            self.error = exc
-            self._queue = []
-            try:
-                self._sock.close()
-            except OSError:
-                pass
-            if self._on_error is not None:
-                self._on_error(exc)
+            self._failed(exc)
         finally:
             self._scheduled = False
+
+    def _failed(self, exc: BaseException) -> None:
+        self.error = exc
+        self._queue = []
+        self._scheduled = False
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        if self._on_error is not None:
+            self._on_error(exc)
+
+
+def _after(views: list, sent: int) -> list:
+    """What is left of ``views`` once ``sent`` bytes of them went out."""
+    i = 0
+    while i < len(views) and sent >= views[i].nbytes:
+        sent -= views[i].nbytes
+        i += 1
+    rest = views[i:]
+    if rest and sent:
+        rest[0] = rest[0][sent:]
+    return rest
 
 
 def _sendmsg_all(sock: socket.socket, buffers: list) -> None:
     views = [memoryview(b).cast("B") for b in buffers]
     while views:
-        sent = sock.sendmsg(views)
-        while sent:
-            first = views[0]
-            if sent >= first.nbytes:
-                sent -= first.nbytes
-                views.pop(0)
-            else:
-                views[0] = first[sent:]
-                sent = 0
-        while views and views[0].nbytes == 0:
-            views.pop(0)
+        views = _after(views, sock.sendmsg(views))

@@ -1,9 +1,9 @@
 """Per-stage latency, as the components see it: something with ``labels(...).observe(s)``.
 
-The daemon passes prometheus_client histograms (`sheep.admin.metrics.StageMetrics`); a
-component built without them (tests, tools) gets `NULL`, which records nothing.  Observe
-only from the event loop: prometheus_client's locks are threading locks, which gevent
-patches into greenlet locks.
+The daemon passes its histograms (`sheep.admin.metrics.StageMetrics`, exposed through
+prometheus_client); a component built without them (tests, tools) gets `NULL`, which
+records nothing.  Observe only from the event loop: the counts are plain lists, kept by
+one thread.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Peer request server: reads frames, runs each request in its own greenlet.
+"""Peer request server: reads frames, runs each request in a greenlet of its own
+(recycled, `common.workers.Workers`).
 
 Replies go back in completion order, matched by the request id, so one slow
 request never holds up the others on the same connection.  A malformed frame
@@ -10,10 +11,10 @@ import logging
 import socket
 from typing import Callable
 
-from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from common.errors import SheepError
+from common.workers import Workers
 from sheep.peer.framing import FrameReader, FrameWriter
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class PeerServer:
         self._conns.add(sock)
         writer = FrameWriter(sock)
         reader = FrameReader(sock)
-        pool = Pool(self._per_connection)
+        pool = Workers(self._per_connection)
         try:
             while True:
                 frame = reader.read_frame()
@@ -62,6 +63,7 @@ class PeerServer:
         finally:
             self._conns.discard(sock)
             pool.join(timeout=5)
+            pool.close()
             sock.close()
 
     def _run(self, writer: FrameWriter, header: dict, payload) -> None:

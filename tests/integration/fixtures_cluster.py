@@ -43,7 +43,7 @@ def poll(pred, timeout: float = 30.0, what: str = "condition", interval: float =
 def collie(node, *args, input: bytes | None = None, check: bool = True,
            timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the real `collie` command against one sheep's admin port."""
-    cmd = ([COLLIE] if COLLIE else [sys.executable, "-m", "collie.cli"])
+    cmd = ([COLLIE] if COLLIE else [sys.executable, "-m", "collie"])
     cmd += ["-p", str(node.admin_port), *args]
     proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout)
     if check and proc.returncode != 0:

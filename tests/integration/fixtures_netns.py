@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +25,9 @@ import pytest
 
 from sheepdog_local.local_cluster import SheepProcess
 from sheepdog_local.zookeeper import ZooKeeperServer
+
+# the installed command, else the module (a checkout run without the venv on PATH)
+COLLIE = [shutil.which("collie") or sys.executable] + ([] if shutil.which("collie") else ["-m", "collie"])
 
 ZK_PORT = 2181
 
@@ -192,7 +197,7 @@ class NetnsCluster:
                timeout: float = 120):
         """Run collie inside ``ns``; a command still running after ``timeout`` is killed and
         reported as exit code 124 (like timeout(1))."""
-        cmd = ["ip", "netns", "exec", ns, "collie", "-a", node.addr, "-p", str(node.admin_port),
+        cmd = ["ip", "netns", "exec", ns, *COLLIE, "-a", node.addr, "-p", str(node.admin_port),
                *args]
         try:
             proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout)

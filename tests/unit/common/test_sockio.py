@@ -75,3 +75,27 @@ def test_a_failed_write_closes_and_reports(pair):
     assert failures and writer.error is not None
     with pytest.raises(ConnectionError):
         writer.send(b"more")
+
+
+def test_what_the_socket_cannot_take_at_once_follows_in_order(pair):
+    a, b = pair
+    writer = BufferWriter(a)
+    big = os.urandom(8 << 20)            # far more than the socket buffers hold
+    writer.send(b"first", memoryview(big))
+    gevent.sleep(0)                      # the loop turn's non-blocking send: partial
+    writer.send(b"last")
+    got = bytearray()
+    while len(got) < len(big) + 9:
+        got += b.recv(1 << 20)
+    writer.drain()
+    assert bytes(got) == b"first" + big + b"last"
+    assert not writer._queue and writer.error is None
+
+
+def test_after_cuts_sent_bytes_off_the_front():
+    from common.sockio import _after
+    views = [memoryview(b"abc"), memoryview(b"defg"), memoryview(b"h")]
+    assert [bytes(v) for v in _after(views, 0)] == [b"abc", b"defg", b"h"]
+    assert [bytes(v) for v in _after(views, 3)] == [b"defg", b"h"]
+    assert [bytes(v) for v in _after(views, 5)] == [b"fg", b"h"]
+    assert _after(views, 8) == []
