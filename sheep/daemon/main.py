@@ -18,6 +18,7 @@ import gevent  # noqa: E402
 
 from common.errors import SheepError, StoreMismatch  # noqa: E402
 from sheep.daemon.config import parse_args  # noqa: E402
+from sheep.daemon.malloc import keep_large_buffers  # noqa: E402
 from sheep.daemon.node import Sheep  # noqa: E402
 
 log = logging.getLogger("sheep")
@@ -32,6 +33,7 @@ def _setup_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     _setup_logging(config.log_level)
+    keep_large_buffers()
     # A SheepError ending a greenlet or a pool task is an answer its caller handles
     # (a replica that is down, a full disk), not a crash: no traceback in the log.
     hub = gevent.get_hub()
