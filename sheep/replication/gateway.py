@@ -54,6 +54,7 @@ from sheep.peer.client import PeerPool
 from sheep.replication.convergence import Converger
 from sheep.replication.epoch import EpochState, EpochView
 from sheep.replication.replica import Replica
+from sheep.store import objfile
 from sheep.store.objfile import Version
 
 log = logging.getLogger(__name__)
@@ -161,9 +162,14 @@ class Gateway:
         seq = self.next_seq() if seq is None else seq
         header = {"op": "write", "oid": oid, "offset": offset, "create": create,
                   "generation": generation, "seq": seq}
+        sums = None
+        if not create and objfile.aligned(offset, memoryview(data).nbytes):
+            # whole blocks: their sums are computed here once, not again by every replica
+            sums = objfile.sums_of(data)
+            header["sums"] = sums.tobytes()
 
         def local(epoch: int) -> None:
-            self.local.write(epoch, oid, offset, data, create, generation, seq)
+            self.local.write(epoch, oid, offset, data, create, generation, seq, sums)
         # a fresh copy replaces the whole object: it overlaps everything
         span = (0, 1 << 62) if create else (offset, offset + memoryview(data).nbytes)
         return self._mutate(oid, copies, header, data, local, session, in_place=not create,

@@ -150,8 +150,9 @@ class Replica:
         return data
 
     def write(self, epoch: int, oid: int, offset: int, data, create: bool = False,
-              generation: int = 0, seq: int = 0) -> None:
-        """Apply one mutation stamped ``(epoch, generation, seq)``."""
+              generation: int = 0, seq: int = 0, sums=None) -> None:
+        """Apply one mutation stamped ``(epoch, generation, seq)``; ``sums``: the block sums
+        of a block-aligned write, computed once by its gateway for every replica."""
         self.check_writable(wait_s=self._epoch_wait_s)
         self.check_epoch(epoch)
         vid = oid_vid(oid)
@@ -170,10 +171,10 @@ class Replica:
                 version = Version(epoch, generation, seq)
                 generations.still_current(vid, generation)
                 started = _now()
-                if not create and self._write_inline(oid, offset, data, version):
+                if not create and self._write_inline(oid, offset, data, version, sums):
                     self._t_inline.observe(_now() - started)
                 else:
-                    self._writes.write(oid, offset, data, version, create)
+                    self._writes.write(oid, offset, data, version, create, sums)
                     self._t_pool.observe(_now() - started)
             finally:
                 generations.leave(vid, generation)
@@ -184,12 +185,12 @@ class Replica:
         finally:
             self.inflight.leave(epoch)
 
-    def _write_inline(self, oid: int, offset: int, data, version: Version) -> bool:
+    def _write_inline(self, oid: int, offset: int, data, version: Version, sums) -> bool:
         """A buffered write on the event loop (no pool trip) unless one recently stalled."""
         if self._inline_off_until > _now():
             return False
         started = _now()
-        done = self.store.write_cached(oid, offset, data, version)
+        done = self.store.write_cached(oid, offset, data, version, sums)
         took = _now() - started
         if took > INLINE_STALL_S:
             # writeback is throttling buffered writes: the loop must not wait on them
@@ -276,8 +277,9 @@ def _op_read(r: Replica, h: dict, _payload):
 
 
 def _op_write(r: Replica, h: dict, payload):
+    sums = objfile.sums_from_wire(h.get("sums"), memoryview(payload).nbytes)
     r.write(h["epoch"], h["oid"], h["offset"], payload, bool(h.get("create")),
-            int(h.get("generation", 0)), int(h.get("seq", 0)))
+            int(h.get("generation", 0)), int(h.get("seq", 0)), sums)
     return {}, b""
 
 

@@ -46,28 +46,27 @@ import pathlib
 import random
 import threading
 import time
-from array import array
 from typing import Callable
 
-from common.errors import Corrupt, InvalidRequest, NoObject, NoSpace, Unavailable
+from common.errors import InvalidRequest, NoObject, NoSpace, Unavailable
 from sheep.store import objfile
 from sheep.store.fdcache import FdCache
-from sheep.store.objfile import BLOCK, DATA_OFFSET, SUMS_OFFSET, ZERO, Version
+from sheep.store.objfile import BLOCK, ZERO, Version
 from sheep.store.objio import (build_copy, fsync_dir, oid_name, parse_oid, read_header,
-                               read_verified, whole_verified, write_in_place)
+                               write_in_place)
 from sheep.store.space import SpaceReserve
 from sheep.store.stale_area import StaleArea
+from sheep.store.reads import ReadMixin
 from sheep.store.verify import VerifyMixin
 
 log = logging.getLogger(__name__)
 
 OID_LIMIT = 1 << 64
 STRIPES = 64
-NOWAIT = getattr(os, "RWF_NOWAIT", 0)   # Linux >= 4.14 for reads
 ANY_TICK = None
 
 
-class ObjectStore(VerifyMixin):
+class ObjectStore(ReadMixin, VerifyMixin):
     """Blocking, thread-safe store of object copies of at most ``max_object_bytes``.
 
     A write that would leave the filesystem with less than ``reserve_bytes`` free
@@ -182,121 +181,6 @@ class ObjectStore(VerifyMixin):
         self._blocks.pop(oid, None)
         self._dirty.discard(oid)
 
-    def _open_for_read(self, oid: int) -> tuple[int, bool]:
-        """(fd, leased): a cached descriptor, else one opened here and offered to the cache
-        (kept for this read only when a mutation changed the object meanwhile)."""
-        fd = self._fds.lease(oid)
-        if fd is not None:
-            return fd, True
-        tick = self._ticks.get(oid)
-        try:
-            fd = os.open(self.path_of(oid), os.O_RDWR)
-        except FileNotFoundError:
-            raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
-        if tick is not None and self._fds.adopt(oid, fd, lambda: self._ticks.get(oid) == tick):
-            return fd, True
-        return fd, False
-
-    def _done_reading(self, fd: int, leased: bool) -> None:
-        if leased:
-            self._fds.release(fd)
-        else:
-            os.close(fd)
-
-    # ------------------------------------------------------------ reads
-
-    def read(self, oid: int, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset``, verified against their block sums; bytes past
-        the data's end read as zeros.  NoObject when missing, InvalidRequest for a bad
-        range, Corrupt when a block fails its sum."""
-        self._check_usable()
-        self._check_range(oid, offset, length)
-        if length == 0:
-            if not self.exists(oid):
-                raise NoObject(f"no object {oid_name(oid)}", oid=oid)
-            return b""
-        fd, leased = self._open_for_read(oid)
-        try:
-            data, bad = read_verified(fd, offset, length)
-        finally:
-            self._done_reading(fd, leased)
-        if bad:
-            data = self._read_again_locked(oid, offset, length)
-        return data
-
-    def _read_again_locked(self, oid: int, offset: int, length: int) -> bytes:
-        """A read that failed verification, again with no write in between."""
-        with self._stripe(oid):
-            try:
-                fd = os.open(self.path_of(oid), os.O_RDONLY)
-            except FileNotFoundError:
-                raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
-            try:
-                data, bad = read_verified(fd, offset, length)
-            finally:
-                os.close(fd)
-        if bad:
-            self.corrupt_reads += 1
-            log.error("oid=%016x corrupt: blocks %s fail their checksums", oid, bad[:8])
-            raise Corrupt(f"object {oid_name(oid)}: {len(bad)} block(s) fail their checksum",
-                          oid=oid, blocks=bad[:64])
-        return data
-
-    def read_cached(self, oid: int, offset: int, length: int):
-        """The verified bytes if they can be had without blocking, else None.
-
-        Only for an object whose descriptor is cached, with ``preadv2(RWF_NOWAIT)``:
-        the kernel answers from the page cache or says EAGAIN instead of going to
-        disk.  So the event loop can serve hot reads itself and leave the rest
-        (cold data, short reads near a sparse end, a failed sum, errors) to `read`.
-        """
-        if not NOWAIT or length <= 0 or self._failed is not None:
-            return None
-        self._check_range(oid, offset, length)
-        fd = self._fds.lease(oid)
-        if fd is None:
-            return None
-        try:
-            first = offset // BLOCK
-            nblocks = (offset + length - 1) // BLOCK - first + 1
-            raw = bytearray(nblocks * BLOCK)
-            sums = array("I", bytes(4 * nblocks))
-            if (os.preadv(fd, [raw], DATA_OFFSET + first * BLOCK, NOWAIT) != len(raw)
-                    or os.preadv(fd, [sums], SUMS_OFFSET + 4 * first, NOWAIT) != 4 * nblocks):
-                return None
-        except OSError:
-            return None
-        finally:
-            self._fds.release(fd)
-        if objfile.bad_blocks(raw, sums, first):
-            return None
-        skip = offset - first * BLOCK
-        return memoryview(raw)[skip:skip + length]
-
-    def read_whole(self, oid: int) -> tuple[Version, bytes]:
-        """(version, every byte of the copy), verified: what recovery and repair copy.
-        The version is read before the data, so the data has at least its writes."""
-        self._check_usable()
-        version = self.version_of(oid)
-        fd, leased = self._open_for_read(oid)
-        try:
-            data, bad = whole_verified(fd)
-        finally:
-            self._done_reading(fd, leased)
-        if bad:
-            with self._stripe(oid):
-                version = self.version_of(oid)
-                fd = self._fd_locked(oid)
-                try:
-                    data, bad = whole_verified(fd)
-                finally:
-                    self._fds.release(fd)
-            if bad:
-                self.corrupt_reads += 1
-                raise Corrupt(f"object {oid_name(oid)}: {len(bad)} block(s) fail their "
-                              "checksum", oid=oid, blocks=bad[:64])
-        return version, data
-
     # ------------------------------------------------------------ writes
 
     def _fd_locked(self, oid: int) -> int:
@@ -306,13 +190,15 @@ class ObjectStore(VerifyMixin):
         except FileNotFoundError:
             raise NoObject(f"no object {oid_name(oid)}", oid=oid) from None
 
-    def write(self, oid: int, offset: int, data, version: Version, create: bool = False) -> None:
+    def write(self, oid: int, offset: int, data, version: Version, create: bool = False,
+              sums=None) -> None:
         """Write ``data`` (bytes-like) at ``offset`` and stamp ``version``.
 
         An existing copy is written in place.  ``create`` builds a fresh copy instead
         (zeros plus ``data``), replacing any file there.  Raises NoObject (missing,
         not ``create``), InvalidRequest (range), NoSpace (the write would eat into
-        the reserve, or the filesystem is full).
+        the reserve, or the filesystem is full).  ``sums``: the block sums of a
+        block-aligned in-place write, from its gateway (`objio.write_in_place`).
         """
         self._check_usable()
         view = memoryview(data).cast("B")
@@ -323,13 +209,13 @@ class ObjectStore(VerifyMixin):
                 if create:
                     self._build(oid, offset, view, version)
                 else:
-                    self._write_in_place(oid, offset, view, version)
+                    self._write_in_place(oid, offset, view, version, sums)
         except OSError as exc:
             self._io_error(exc, oid, "writing")
         finally:
             self.space.release(view.nbytes + (BLOCK if create else 0))
 
-    def write_cached(self, oid: int, offset: int, data, version: Version) -> bool:
+    def write_cached(self, oid: int, offset: int, data, version: Version, sums=None) -> bool:
         """A write in place done now, on the caller's thread, if it cannot wait on another
         thread: the descriptor is cached and the object's stripe lock is free at once.
         False: nothing was written (use `write` in the pool).  Raises what `write` raises.
@@ -351,7 +237,7 @@ class ObjectStore(VerifyMixin):
             self._check_range(oid, offset, view.nbytes)
             self.space.claim(view.nbytes)
             try:
-                write_in_place(fd, offset, view)
+                write_in_place(fd, offset, view, sums)
             except OSError as exc:
                 self._io_error(exc, oid, "writing")
             finally:
@@ -363,10 +249,11 @@ class ObjectStore(VerifyMixin):
         finally:
             stripe.release()
 
-    def _write_in_place(self, oid: int, offset: int, view: memoryview, version: Version) -> None:
+    def _write_in_place(self, oid: int, offset: int, view: memoryview, version: Version,
+                        sums=None) -> None:
         fd = self._fd_locked(oid)
         try:
-            write_in_place(fd, offset, view)
+            write_in_place(fd, offset, view, sums)
         finally:
             self._fds.release(fd)
         current = self._versions.get(oid, ZERO)

@@ -120,6 +120,25 @@ def sums_of(data, first_block: int = 0) -> array:
     return out
 
 
+def aligned(offset: int, nbytes: int) -> bool:
+    """Whether a write of ``nbytes`` at ``offset`` covers whole blocks only (its sums are
+    the sums of its own bytes, with nothing of the copy's current data merged in)."""
+    return nbytes > 0 and offset % BLOCK == 0 and nbytes % BLOCK == 0
+
+
+def sums_from_wire(raw, nbytes: int) -> array | None:
+    """The sums a gateway sent with a block-aligned write of ``nbytes`` (the file's
+    representation, one u32 per block), or None when it sent none.  ValueError when they
+    do not cover the write exactly."""
+    if raw is None:
+        return None
+    sums = array("I")
+    sums.frombytes(raw)
+    if nbytes % BLOCK or len(sums) != nbytes // BLOCK:
+        raise ValueError(f"{len(sums)} block sums for a write of {nbytes} bytes")
+    return sums
+
+
 def blocks_of(offset: int, length: int) -> range:
     """The block numbers a byte range touches."""
     if length <= 0:

@@ -128,10 +128,13 @@ def sums_for_write(fd: int | None, offset: int, view: memoryview) -> array:
     return sums
 
 
-def write_in_place(fd: int, offset: int, view: memoryview) -> None:
-    """Data and the sums of the blocks it touches (the caller holds the stripe lock)."""
+def write_in_place(fd: int, offset: int, view: memoryview, sums: array | None = None) -> None:
+    """Data and the sums of the blocks it touches (the caller holds the stripe lock).
+    ``sums``: those of a block-aligned write, computed by its gateway (else computed here)."""
     if view.nbytes:
-        sums = sums_for_write(fd, offset, view)
+        if sums is None or not objfile.aligned(offset, view.nbytes) \
+                or len(sums) != view.nbytes // BLOCK:
+            sums = sums_for_write(fd, offset, view)
         pwrite_all(fd, view, DATA_OFFSET + offset)
         os.pwrite(fd, sums, SUMS_OFFSET + 4 * (offset // BLOCK))
 

@@ -128,3 +128,4 @@ def test_a_failed_mutation_is_never_settled_and_makes_the_writer_unclean():
     assert writer.settled_mark() == 101 and not writer.clean
     writer.flush()
     assert gw.calls[-1] == ("flush", (), {"settle": [(0x42, 3, 101)]})
+

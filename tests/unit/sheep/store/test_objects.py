@@ -634,3 +634,35 @@ def test_a_repair_never_brings_back_a_copy_removed_since_it_was_made(store):
     assert not store.install(DATA_OID, b"gone", V1, expect_tick=0)
     assert not store.exists(DATA_OID)
     assert store.install(DATA_OID, b"new", V3, expect_tick=0)      # newer than the removal
+
+
+def test_a_block_aligned_write_stores_the_sums_its_gateway_computed(store):
+    store.write(DATA_OID, 0, b"\0", V1, create=True)
+    data = os.urandom(2 * BLOCK)
+    sent = objfile.sums_of(data)
+    store.write(DATA_OID, BLOCK, data, V2, sums=sent)
+    assert store.read(DATA_OID, BLOCK, 2 * BLOCK) == data
+    # the stored sums are the gateway's: bytes that changed after it summed them (in
+    # flight, in a replica's memory) read as corrupt instead of being blessed here
+    wrong = objfile.sums_of(os.urandom(2 * BLOCK))
+    assert store.write_cached(DATA_OID, 3 * BLOCK, data, V3, wrong)
+    with pytest.raises(Corrupt):
+        store.read(DATA_OID, 3 * BLOCK, BLOCK)
+
+
+def test_sums_given_with_an_unaligned_write_are_not_used(store):
+    store.write(DATA_OID, 0, os.urandom(3 * BLOCK), V1, create=True)
+    data = os.urandom(BLOCK)
+    bogus = objfile.sums_of(os.urandom(BLOCK))
+    store.write(DATA_OID, 100, data, V2, sums=bogus)     # straddles two blocks: merged here
+    assert store.read(DATA_OID, 100, BLOCK) == data
+
+
+def test_sums_from_the_wire_must_cover_the_write_exactly():
+    sums = objfile.sums_of(os.urandom(2 * BLOCK))
+    assert objfile.sums_from_wire(sums.tobytes(), 2 * BLOCK) == sums
+    assert objfile.sums_from_wire(None, 2 * BLOCK) is None
+    with pytest.raises(ValueError):
+        objfile.sums_from_wire(sums.tobytes(), 3 * BLOCK)
+    with pytest.raises(ValueError):
+        objfile.sums_from_wire(sums.tobytes(), 2 * BLOCK + 1)
