@@ -4,8 +4,11 @@ One TCP connection per peer carries any number of requests at once.  Senders
 queue whole frames on the connection's `FrameWriter` (payload buffers as they
 are, written with scatter/gather ``sendmsg``); one reader greenlet per
 connection reads replies through a `FrameReader` and hands each to the waiting
-caller by request id, in whatever order they come.  When a connection breaks, every caller waiting on it gets
-`Unavailable` and the next call dials again.
+caller by request id, in whatever order they come.  When a connection breaks, every
+caller waiting on it gets `Unavailable` and the next call dials again.
+
+A fan-out sends to several peers and waits for all the replies at once (`gather`): one
+wake-up when the last one is in, one timer for all of them.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import socket
 import time
 
 import gevent
-from gevent.event import AsyncResult
+from gevent import socket as gsocket
+from gevent.event import Event
 from gevent.lock import Semaphore
 
 from common.errors import SheepError, Unavailable
@@ -38,7 +42,7 @@ class PeerConnection:
         self._sock: socket.socket | None = None
         self._writer: FrameWriter | None = None
         self._dial_lock = Semaphore()
-        self._pending: dict[int, AsyncResult] = {}
+        self._pending: dict[int, PendingCall] = {}
         self._ids = itertools.count(1)
         self._reader: gevent.Greenlet | None = None
 
@@ -47,7 +51,7 @@ class PeerConnection:
             return self._writer
         with self._dial_lock:
             if self._sock is None:
-                sock = socket.create_connection((self.addr, self.port), self._connect_timeout_s)
+                sock = gsocket.create_connection((self.addr, self.port), self._connect_timeout_s)
                 sock.settimeout(None)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._writer = FrameWriter(sock)
@@ -68,28 +72,28 @@ class PeerConnection:
         requests to many peers can be in flight from one greenlet this way (a fan-out
         needs no greenlet per replica).  Unavailable at once when the peer is unreachable."""
         rid = next(self._ids)
-        result = AsyncResult()
-        self._pending[rid] = result
+        op = header.get("op")
+        timer = self._timers.get(op)
+        if timer is None:
+            timer = self._timers[op] = self._timing.labels(op)
+        call = self._pending[rid] = PendingCall(self, rid, timer)
         try:
             self._connected().send({**header, "id": rid}, payload)
         except OSError as exc:
             self._pending.pop(rid, None)
             self._broken(exc)
             raise Unavailable(f"peer {self.addr}:{self.port}: {exc}") from None
-        op = header.get("op")
-        timer = self._timers.get(op)
-        if timer is None:
-            timer = self._timers[op] = self._timing.labels(op)
-        return PendingCall(self, rid, result, timer)
+        return call
 
     def _read_loop(self, sock: socket.socket) -> None:
         reader = FrameReader(sock)
+        pending = self._pending
         try:
             while True:
                 frame = reader.read_frame()
-                waiter = self._pending.get(frame.header.get("id"))
-                if waiter is not None:
-                    waiter.set(frame)
+                call = pending.pop(frame.header.get("id"), None)
+                if call is not None:
+                    call.complete(frame)
         except (OSError, SheepError) as exc:
             self._broken(exc, sock)
 
@@ -103,9 +107,9 @@ class PeerConnection:
         except OSError:
             pass
         log.debug("peer=%s:%d connection lost: %s", self.addr, self.port, exc)
-        for waiter in list(self._pending.values()):
-            if not waiter.ready():
-                waiter.set_exception(Unavailable(f"peer {self.addr}:{self.port}: {exc}"))
+        calls, self._pending = list(self._pending.values()), {}
+        for call in calls:
+            call.complete(error=Unavailable(f"peer {self.addr}:{self.port}: {exc}"))
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -116,28 +120,69 @@ class PeerConnection:
 
 
 class PendingCall:
-    """A request in flight on a `PeerConnection`."""
+    """A request in flight on a `PeerConnection`: its reply (or failure) once complete."""
 
-    __slots__ = ("conn", "rid", "result", "timer", "sent")
+    __slots__ = ("conn", "rid", "timer", "sent", "done", "frame", "error", "arrived",
+                 "_gathered")
 
-    def __init__(self, conn: PeerConnection, rid: int, result: AsyncResult, timer=NULL) -> None:
-        self.conn, self.rid, self.result = conn, rid, result
-        self.timer, self.sent = timer, time.monotonic()
+    def __init__(self, conn: PeerConnection, rid: int, timer=NULL) -> None:
+        self.conn, self.rid, self.timer = conn, rid, timer
+        self.sent = self.arrived = time.monotonic()
+        self.done = False
+        self.frame: wire.Frame | None = None
+        self.error: Exception | None = None
+        self._gathered: _Gathered | None = None
+
+    def complete(self, frame: wire.Frame | None = None, error: Exception | None = None) -> None:
+        """The reader's part: the reply came (``frame``) or the connection failed."""
+        if self.done:
+            return
+        self.done, self.frame, self.error = True, frame, error
+        self.arrived = time.monotonic()
+        gathered = self._gathered
+        if gathered is not None:
+            gathered.left -= 1
+            if gathered.left <= 0:
+                gathered.event.set()
 
     def get(self, timeout_s: float = 30.0) -> wire.Frame:
         """The reply; its error raised as its `SheepError` class, `Unavailable` when the peer
         does not answer within ``timeout_s``."""
-        try:
-            frame = self.result.get(timeout=timeout_s)
-        except gevent.Timeout:
-            raise Unavailable(f"peer {self.conn.addr}:{self.conn.port}: no reply in "
-                              f"{timeout_s}s") from None
-        finally:
+        if not self.done:
+            gather([self], timeout_s)
+        return self.result(timeout_s)
+
+    def result(self, timeout_s: float) -> wire.Frame:
+        """What `get` returns or raises, without waiting (after `gather`)."""
+        if not self.done:
             self.conn._pending.pop(self.rid, None)
-        self.timer.observe(time.monotonic() - self.sent)
-        if frame.header.get("code", 0):
-            raise SheepError.from_wire(frame.header)
-        return frame
+            raise Unavailable(f"peer {self.conn.addr}:{self.conn.port}: no reply in "
+                              f"{timeout_s}s")
+        if self.error is not None:
+            raise self.error
+        self.timer.observe(self.arrived - self.sent)
+        if self.frame.header.get("code", 0):
+            raise SheepError.from_wire(self.frame.header)
+        return self.frame
+
+
+class _Gathered:
+    __slots__ = ("left", "event")
+
+    def __init__(self, left: int) -> None:
+        self.left, self.event = left, Event()
+
+
+def gather(calls, timeout_s: float) -> None:
+    """Until every call in ``calls`` is complete, or ``timeout_s`` passed: one wake-up when
+    the last reply arrives.  Then each call's `PendingCall.result` says what it got."""
+    waiting = [c for c in calls if not c.done]
+    if not waiting:
+        return
+    gathered = _Gathered(len(waiting))
+    for call in waiting:
+        call._gathered = gathered
+    gathered.event.wait(timeout_s)
 
 
 class _PeerTiming:
@@ -173,6 +218,10 @@ class PeerPool:
 
     def start(self, addr: str, port: int, header: dict, payload=b"") -> PendingCall:
         return self.get(addr, port).start(header, payload)
+
+    @staticmethod
+    def gather(calls, timeout_s: float) -> None:
+        gather(calls, timeout_s)
 
     def drop(self, addr: str, port: int, why: str) -> None:
         """Fail every request in flight to that peer now (it left the epoch)."""

@@ -278,9 +278,11 @@ class Gateway:
                 results[me] = None
             except Exception as exc:  # collected like the remote ones
                 results[me] = exc
+        if pending:
+            self.peers.gather(pending.values(), self.peer_timeout_s)
         for m, call in pending.items():
             try:
-                call.get(self.peer_timeout_s)
+                call.result(self.peer_timeout_s)
                 results[m] = None
             except Exception as exc:
                 results[m] = exc

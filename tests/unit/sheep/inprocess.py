@@ -80,6 +80,10 @@ class NodePeers:
         return _Pending(gevent.spawn(self.net.dispatch, self.node_id, addr, port, header,
                                      payload))
 
+    @staticmethod
+    def gather(calls, timeout_s):
+        gevent.joinall([c.greenlet for c in calls], timeout=timeout_s)
+
     def drop(self, addr, port, why):
         pass
 
@@ -95,6 +99,11 @@ class _Pending:
 
     def get(self, timeout_s=30.0):
         return self.greenlet.get(timeout=timeout_s)
+
+    def result(self, timeout_s):
+        if not self.greenlet.ready():
+            raise Unavailable(f"no reply in {timeout_s}s")
+        return self.greenlet.get()
 
 
 class Node:
