@@ -104,11 +104,17 @@ def _zone(node: dict) -> str:
     return node.get("zone") or "-"
 
 
+def _role(node: dict) -> str:
+    return node.get("role") or ("gateway" if int(node.get("weight", 1)) == 0 else "storage")
+
+
 def render_node_list(nodes: list[dict]) -> str:
-    """``GET /nodes`` -> ``Id  Node  Host:Port  V-Nodes  Zone`` (V-Nodes = 128 x weight; zone "" -> "-")."""
+    """``GET /nodes`` -> ``Id  Node  Host:Port  V-Nodes  Zone  Role`` (V-Nodes = 128 x weight;
+    zone "" -> "-"; role ``storage`` or ``gateway``, which holds no data)."""
     rows = [(i, n.get("node_id", "-"), f"{n.get('addr')}:{n.get('port')}",
-             VNODES_PER_WEIGHT * int(n.get("weight", 1)), _zone(n)) for i, n in enumerate(nodes)]
-    return table(("Id", "Node", "Host:Port", "V-Nodes", "Zone"), rows, right={0, 3})
+             VNODES_PER_WEIGHT * int(n.get("weight", 1)), _zone(n), _role(n))
+            for i, n in enumerate(nodes)]
+    return table(("Id", "Node", "Host:Port", "V-Nodes", "Zone", "Role"), rows, right={0, 3})
 
 
 def _use_percent(used: int, size: int) -> str:

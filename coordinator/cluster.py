@@ -14,7 +14,9 @@ re-contends once it is registered again.
 
 Epochs.  An epoch is an immutable, numbered member list (``/epochs/<%010d>``).  Whenever the
 cluster is formatted (and its state is not "shutdown") and the live member set (node ids
-*and* their values) differs from the newest epoch's list, the leader creates epoch n+1.  ``create`` is the compare-and-swap:
+*and* their values) differs from the newest epoch's list, the leader creates epoch n+1.
+Gateway-only members (weight 0) register and contend like the others but are left out of
+every epoch: they place nothing, so their joins and leaves change nothing the epoch orders.  ``create`` is the compare-and-swap:
 if two leaders ever overlap (an old leader still believing in a dead session) only one
 create of a given number succeeds; the loser re-reads and re-evaluates.  The leader works
 from watches on ``/members`` (children) and ``/cluster`` (data); a watch callback only sets
@@ -422,7 +424,10 @@ class Coordinator(ClusterStateMixin):
             self._leader_wake.set()     # created in between: look again
             return None
         value = decode(data) or {}
-        live = self._member_dicts(watch=self._on_leader_watch)
+        # gateways hold no data: their comings and goings are not epochs (no recovery pass,
+        # no retried I/O), and a restart does not wait for them
+        live = [d for d in self._member_dicts(watch=self._on_leader_watch)
+                if d.get("weight", 1) > 0]
         if value.get("state") in ("shutdown", "waiting"):
             # an orderly shutdown is not a cascade of shrinking epochs; a restart waits
             # for every member of the last epoch

@@ -75,6 +75,15 @@ class Member:
     started: float = 0.0
 
     @property
+    def gateway(self) -> bool:
+        """A gateway-only member (``sheep --gateway``): no store, no vnodes, never in an epoch."""
+        return self.weight == 0
+
+    @property
+    def role(self) -> str:
+        return "gateway" if self.gateway else "storage"
+
+    @property
     def zone_key(self) -> str:
         """The zone this member counts as: its own node_id when zone is ``""``."""
         return self.zone if self.zone else "node:" + self.node_id

@@ -159,12 +159,13 @@ class LocalCluster:
                 cluster=cluster, port=port, admin_port=admin, nbd_port=nbd,
                 zone=(zones[i] if zones else ""), extra_args=self.sheep_args))
 
-    def add_node(self, zone: str = "") -> SheepProcess:
+    def add_node(self, zone: str = "", *, gateway: bool = False) -> SheepProcess:
+        """One more sheep (not started); ``gateway``: a gateway-only one (``--gateway``)."""
         i = len(self.sheep)
         node = SheepProcess(index=i, dir=self.base / f"sheep{i}" / "store",
                             zk_hosts=self.zk.hosts, cluster=self.cluster, port=free_port(),
                             admin_port=free_port(), nbd_port=free_port(), zone=zone,
-                            extra_args=self.sheep_args)
+                            extra_args=self.sheep_args + (["--gateway"] if gateway else []))
         self.sheep.append(node)
         return node
 

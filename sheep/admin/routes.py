@@ -89,14 +89,16 @@ class _Api:
         out = []
         for m, job in zip(members, jobs):
             stat = job.value if job.successful() else None
-            out.append({**m.to_dict(), "store": (stat or {}).get("store"),
+            out.append({**m.to_dict(), "role": m.role, "store": (stat or {}).get("store"),
                         "epoch": (stat or {}).get("epoch"), "fenced": (stat or {}).get("fenced")})
         return {"nodes": out}
 
     def node(self, req: Request):
         n = self.sheep
-        return {**n.member.to_dict(), "store": n.replica.stat(), "epoch": n.epochs.epoch,
-                "fenced": bool(n.coordinator.fenced), "recovery": n.recovery.progress,
+        return {**n.member.to_dict(), "role": n.member.role,
+                "store": n.replica.stat() if n.replica is not None else None,
+                "epoch": n.epochs.epoch, "fenced": bool(n.coordinator.fenced),
+                "recovery": n.recovery.progress if n.recovery is not None else None,
                 "scrub": n.scrubber.stats if n.scrubber is not None else None}
 
     # -- vdis --------------------------------------------------------------------

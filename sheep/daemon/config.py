@@ -8,7 +8,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class SheepConfig:
-    dir: Path
+    dir: Path | None               # None: a gateway without a directory (identity addr:port)
     zk_hosts: str
     cluster: str = "default"
     addr: str = "127.0.0.1"
@@ -18,6 +18,7 @@ class SheepConfig:
     nbd_port: int = 10809
     zone: str = ""
     weight: int = 1
+    gateway: bool = False          # no store: serves NBD and the admin API, forwards all I/O
     session_timeout_s: float = 10.0
     io_timeout_s: float = 60.0
     peer_timeout_s: float = 30.0
@@ -37,7 +38,8 @@ class SheepConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sheep", description="sheepdog-py storage daemon")
-    p.add_argument("--dir", required=True, type=Path, help="store directory")
+    p.add_argument("--dir", type=Path,
+                   help="store directory (with --gateway: optional, keeps the node id)")
     p.add_argument("--zk", required=True, help="ZooKeeper hosts, e.g. 127.0.0.1:2181")
     p.add_argument("--cluster", default="default", help="cluster name (ZooKeeper chroot)")
     p.add_argument("--addr", default="127.0.0.1", help="address other sheep reach this one at")
@@ -47,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTTP admin API port (collie's -p)")
     p.add_argument("--nbd-port", type=int, default=10809, help="NBD port")
     p.add_argument("--zone", default="", help="failure zone (default: the node itself)")
-    p.add_argument("--weight", type=int, default=1, help="relative capacity weight")
+    p.add_argument("--weight", type=int, default=None,
+                   help="relative capacity weight (default 1)")
+    p.add_argument("--gateway", "-g", action="store_true",
+                   help="gateway only: no store and no vnodes; serves NBD and the admin "
+                        "API and forwards every request (a hypervisor's local sheep)")
     p.add_argument("--session-timeout", type=float, default=10.0,
                    help="ZooKeeper session timeout in seconds")
     p.add_argument("--io-timeout", type=float, default=60.0,
@@ -69,13 +75,18 @@ def parse_args(argv: list[str] | None = None) -> SheepConfig:
         value = getattr(a, name)
         if not 0 <= value <= 65535:
             p.error(f"--{name.replace('_', '-')} must be a port number (0..65535)")
-    if a.weight < 1:
+    if a.gateway and a.weight is not None:
+        p.error("--gateway and --weight exclude each other (a gateway holds no data)")
+    if a.dir is None and not a.gateway:
+        p.error("--dir is required (except with --gateway)")
+    weight = 0 if a.gateway else (1 if a.weight is None else a.weight)
+    if not a.gateway and weight < 1:
         p.error("--weight must be at least 1")
     if a.scrub_rate < 0:
         p.error("--scrub-rate must be >= 0 (0: off)")
     return SheepConfig(dir=a.dir, zk_hosts=a.zk, cluster=a.cluster, addr=a.addr,
                        listen=a.listen, port=a.port, admin_port=a.admin_port,
-                       nbd_port=a.nbd_port, zone=a.zone, weight=a.weight,
+                       nbd_port=a.nbd_port, zone=a.zone, weight=weight, gateway=a.gateway,
                        session_timeout_s=a.session_timeout, io_timeout_s=a.io_timeout,
                        reserve_bytes=a.reserve, scrub_bytes_per_s=a.scrub_rate,
                        scrub_interval_s=a.scrub_interval,

@@ -33,6 +33,7 @@ from sheep.recovery.scrub import Scrubber
 from sheep.recovery.stale import StaleJanitor
 from sheep.replication.epoch import EpochState, EpochView
 from sheep.replication.gateway import Gateway
+from sheep.replication.guard import WriteGuard
 from sheep.replication.replica import Replica
 from sheep.store import objfile
 from sheep.store.objects import ObjectStore
@@ -51,8 +52,10 @@ class Sheep:
 
     def __init__(self, config: SheepConfig) -> None:
         self.config = config
-        self.storedir = StoreDir.open(config.dir, config.default_node_id)
-        self.node_id = self.storedir.node_id
+        # a gateway's directory (optional) only keeps its node id
+        self.storedir = (StoreDir.open(config.dir, config.default_node_id)
+                         if config.dir is not None else None)
+        self.node_id = self.storedir.node_id if self.storedir else config.default_node_id
         self.stopped = Event()
         self.epochs = EpochState()
         self.stage_metrics = StageMetrics()
@@ -96,10 +99,10 @@ class Sheep:
             raise
         self.admin_server.start()
         self.nbd.start()
-        if self.epochs.view is not None:
+        if self.epochs.view is not None and self.recovery is not None:
             self.recovery.kick()
-        log.info("node=%s cluster=%s peer=%s:%d admin=%d nbd=%d started", self.node_id,
-                 self.config.cluster, self.config.addr, self.config.port,
+        log.info("node=%s cluster=%s role=%s peer=%s:%d admin=%d nbd=%d started", self.node_id,
+                 self.config.cluster, self.member.role, self.config.addr, self.config.port,
                  self.config.admin_port, self.config.nbd_port)
 
     def _admit(self, fmt: dict | None) -> None:
@@ -125,14 +128,9 @@ class Sheep:
                                generation_of=self.locks.generation,
                                timing=self.stage_metrics.store)
         self.replica.on_store_failed = self._store_failed
-        self.gateway = Gateway(self.node_id, self.replica, self.peers, self.epochs,
-                               io_timeout_s=self.config.io_timeout_s,
-                               peer_timeout_s=self.config.peer_timeout_s,
-                               min_copies=self._min_copies, timing=self.stage_metrics.gateway)
+        self.gateway = self._gateway(self.replica, self.replica.guard)
         self.replica.write_block = self.lifecycle.write_refusal
-        self.vdis = VdiService(self.catalog, self.gateway, self.cluster_format,
-                               locks=self.locks, node_id=self.node_id,
-                               session=lambda: coord.session_generation)
+        self._open_frontends()
         janitor = StaleJanitor(self.store, self.coordinator, self.replica._io)
         self.recovery = Recovery(self.node_id, self.replica, self.gateway.call_member,
                                  self.epochs, self.vdis.liveness, janitor=janitor,
@@ -140,20 +138,46 @@ class Sheep:
         self.replica.recovery = self.recovery
         self.lifecycle.recovery = self.recovery
         self.lifecycle.apply_recovery()
-        self.checker = Checker(self.node_id, self.gateway)
         self.scrubber = Scrubber(self.store, self.replica._io, self.gateway, self.epochs,
                                  self.vdis, bytes_per_s=self.config.scrub_bytes_per_s,
                                  interval_s=self.config.scrub_interval_s)
         self.recovery.start()
         self.scrubber.start()
+
+    def _open_gateway(self) -> None:
+        """A gateway-only node: the same gateway, VDI service and NBD server as a storage
+        node, with no store, replica, recovery or scrub (it is in no placement)."""
+        coord = self.coordinator
+        guard = WriteGuard(lambda: coord.fenced, wait_unfenced=coord.wait_unfenced,
+                           session_generation=lambda: coord.session_generation)
+        guard.write_block = self.lifecycle.write_refusal
+        self.gateway = self._gateway(None, guard)
+        self._open_frontends()
+
+    def _gateway(self, local: Replica | None, guard: WriteGuard) -> Gateway:
+        return Gateway(self.node_id, local, self.peers, self.epochs, guard=guard,
+                       io_timeout_s=self.config.io_timeout_s,
+                       peer_timeout_s=self.config.peer_timeout_s,
+                       min_copies=self._min_copies, timing=self.stage_metrics.gateway)
+
+    def _open_frontends(self) -> None:
+        coord = self.coordinator
+        self.vdis = VdiService(self.catalog, self.gateway, self.cluster_format,
+                               locks=self.locks, node_id=self.node_id,
+                               session=lambda: coord.session_generation)
+        self.checker = Checker(self.node_id, self.gateway)
         self.exports = VdiExportProvider(self.vdis, self.locks, self.node_id)
         self.nbd = NbdServer(self.exports, self.config.bind_addr, self.config.nbd_port,
                              timing=self.stage_metrics.nbd)
         self.exports.server = self.nbd
 
     def _admit_and_open(self, fmt: dict | None) -> None:
-        self._admit(fmt)
-        self._open_store()
+        if self.config.gateway:
+            self._fmt = fmt or None
+            self._open_gateway()
+        else:
+            self._admit(fmt)
+            self._open_store()
         self.peer_server.start()
 
     def _min_copies(self) -> int:
@@ -174,7 +198,9 @@ class Sheep:
     def cluster_format(self) -> dict | None:
         if self._fmt is None:
             fmt = self.coordinator.cluster_format()
-            if fmt:
+            if fmt and self.config.gateway:
+                self._fmt = fmt             # no store to tie to it
+            elif fmt:
                 try:
                     self._bind(fmt)
                 except StoreMismatch as exc:
@@ -211,7 +237,8 @@ class Sheep:
             return
         view = EpochView.from_dict(epoch)
         old = self.epochs.view
-        _off_loop(self.storedir.set, "epoch", view.epoch)   # an fsync
+        if self.store is not None:
+            _off_loop(self.storedir.set, "epoch", view.epoch)   # an fsync
         if not self.epochs.update(view):
             return
         if old is not None:
@@ -235,8 +262,20 @@ class Sheep:
 
     def _handle_peer(self, header: dict, payload):
         if self.replica is None:
+            if self.config.gateway:
+                return self._gateway_peer_op(header)
             raise NotReady("node has no store yet")
         return self.replica.handle(header, payload)
+
+    def _gateway_peer_op(self, header: dict):
+        """What a gateway answers a peer: its state (``stat``, ``ping``); it holds no copy."""
+        op = header.get("op")
+        if op == "stat":
+            return {"store": None, "epoch": self.epochs.epoch,
+                    "fenced": bool(self.coordinator.fenced)}, b""
+        if op == "ping":
+            return {"epoch": self.epochs.epoch}, b""
+        raise NotReady(f"node {self.node_id} is a gateway: it holds no objects (op {op!r})")
 
 
 def _off_loop(fn, *args):

@@ -53,6 +53,7 @@ from coordinator.ring import Member
 from sheep.peer.client import PeerPool
 from sheep.replication.convergence import Converger
 from sheep.replication.epoch import EpochState, EpochView
+from sheep.replication.guard import WriteGuard
 from sheep.replication.replica import Replica
 from sheep.store import objfile
 from sheep.store.objfile import Version
@@ -67,11 +68,16 @@ RESYNC_ATTEMPTS = 3
 
 
 class Gateway:
-    def __init__(self, node_id: str, local: Replica, peers: PeerPool, epochs: EpochState, *,
-                 io_timeout_s: float = 60.0, peer_timeout_s: float = 30.0,
-                 min_copies: Callable[[], int] = lambda: 1, timing=NULL) -> None:
+    def __init__(self, node_id: str, local: Replica | None, peers: PeerPool, epochs: EpochState,
+                 *, guard: WriteGuard | None = None, io_timeout_s: float = 60.0,
+                 peer_timeout_s: float = 30.0, min_copies: Callable[[], int] = lambda: 1,
+                 timing=NULL) -> None:
+        """``local``: this node's replica, called directly; None on a gateway-only node
+        (never in a placement: every request goes to a peer).  ``guard``: who says this
+        node may write (the replica's by default)."""
         self.node_id = node_id
         self.local = local
+        self.guard = guard if guard is not None else local.guard
         self.peers = peers
         self.epochs = epochs
         self.io_timeout_s = io_timeout_s
@@ -102,7 +108,7 @@ class Gateway:
 
     def _writable(self, session: int | None, deadline: float) -> None:
         """This node may write now: wait while its session is in doubt, up to the deadline."""
-        self.local.check_writable(session, wait_s=max(0.0, deadline - time.monotonic()))
+        self.guard.check(session, wait_s=max(0.0, deadline - time.monotonic()))
 
     def _call(self, member: Member, header: dict, payload=b""):
         return self.peers.call(member.addr, member.port, header, payload, self.peer_timeout_s)
@@ -389,9 +395,9 @@ class Gateway:
     # -- one member ------------------------------------------------------------
     def call_member(self, m: Member, header: dict, payload=b""):
         """One request to one member (local by direct dispatch); returns (header, payload)."""
-        if m.node_id == self.node_id:
+        if m.node_id == self.node_id and self.local is not None:
             return self.local.handle(header, payload)
-        frame = self._call(m, header, payload)
+        frame = self._call(m, header, payload)   # a gateway asks even itself over the wire
         return frame.header, frame.payload
 
     def install(self, m: Member, epoch: int, oid: int, data, version: Version, *,

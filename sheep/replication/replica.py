@@ -30,10 +30,11 @@ import msgpack
 from gevent.lock import Semaphore
 
 from common.stages import NULL
-from common.errors import Fenced, InvalidRequest, NewEpoch, NoObject, OldEpoch, Unavailable
+from common.errors import InvalidRequest, NewEpoch, NoObject, OldEpoch, Unavailable
 from sheep.replication.activity import ActivityLog
 from sheep.replication.epoch import EpochState, InFlight
 from sheep.replication.generations import GenerationTable
+from sheep.replication.guard import WriteGuard
 from sheep.store import objfile
 from sheep.store.objects import ANY_TICK, ObjectStore
 from sheep.store.objfile import BLOCK, Version
@@ -68,16 +69,14 @@ class Replica:
         self.recovery: ObjectRecovery | None = None
         # Ops other modules add (recovery): name -> fn(replica, header, payload).
         self.extra_ops: dict[str, Callable] = {}
-        # Why writes are refused besides fencing (cluster waiting/shutdown), or None.
-        self.write_block: Callable[[], Exception | None] | None = None
         # Called (in a greenlet) once the store has failed for good (a failed fsync).
         self.on_store_failed: Callable[[str], None] | None = None
         self.generations = GenerationTable(generation_of)
         self.activity = ActivityLog()
         self.inflight = InFlight()
+        self.guard = WriteGuard(is_fenced, wait_unfenced=wait_unfenced,
+                                session_generation=session_generation)
         self._is_fenced = is_fenced
-        self._wait_unfenced = wait_unfenced
-        self._session_generation = session_generation
         self._epoch_wait_s = epoch_wait_s
         self._flush_lock = Semaphore()
         self._pool = gevent.get_hub().threadpool
@@ -100,21 +99,17 @@ class Replica:
                            epoch=self.epochs.epoch)
 
     def check_writable(self, generation: int | None = None, wait_s: float = 0.0) -> None:
-        """Refuse writes while fenced, or once the session ``generation`` is gone.
+        """Refuse writes while fenced, or once the session ``generation`` is gone
+        (`WriteGuard.check`)."""
+        self.guard.check(generation, wait_s)
 
-        With ``wait_s``, a session in doubt (ZooKeeper unreachable, e.g. restarting) is
-        waited for rather than refused: if the same session comes back the write goes
-        on; if the session was lost, whatever was held under it (the VDI lock of the
-        ``generation`` given) is gone and the write is refused.
-        """
-        if self._is_fenced() and not (wait_s > 0 and self._wait_unfenced(wait_s)):
-            raise Fenced("node is fenced: ZooKeeper session lost")
-        if generation is not None and self._session_generation() != generation:
-            raise Fenced("ZooKeeper session lost since the VDI was attached: its lock is gone")
-        if self.write_block is not None:
-            refusal = self.write_block()
-            if refusal is not None:
-                raise refusal
+    @property
+    def write_block(self) -> Callable[[], Exception | None] | None:
+        return self.guard.write_block
+
+    @write_block.setter
+    def write_block(self, fn: Callable[[], Exception | None] | None) -> None:
+        self.guard.write_block = fn
 
     def recovery_barrier(self, epoch: int) -> None:
         """Before answering recovery for ``epoch``: be at it, with older mutations done."""

@@ -314,7 +314,7 @@ class VdiService:
     def check_writable(self) -> None:
         """Fenced (this node lost its ZooKeeper session): refuse at once, before any
         ZooKeeper call that would only block until the session comes back."""
-        self.gateway.local.check_writable()
+        self.gateway.guard.check()
 
     def write(self, name: str, offset: int, data) -> None:
         self.check_writable()

@@ -171,7 +171,7 @@ def test_node_list_and_info(capsys):
                         "store": {"used_bytes": 0, "capacity_bytes": 1 << 30, "free_bytes": 1 << 30}}]}
     fake = FakeClient({("GET", "/nodes"): nodes})
     assert cli.cmd_node_list(fake, cmd(["node", "list"])) == 0
-    assert capsys.readouterr().out.splitlines()[1] == " 0  n1    127.0.0.1:7100      128  -"
+    assert capsys.readouterr().out.splitlines()[1] == " 0  n1    127.0.0.1:7100      128  -     storage"
     assert cli.cmd_node_info(fake, cmd(["node", "info"])) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "Total  1.0 GB  0.0 MB  1.0 GB    0%"
 

@@ -74,10 +74,21 @@ def test_format_line():
 
 def test_node_list():
     assert render.render_node_list(NODES) == (
-        "Id  Node   Host:Port       V-Nodes  Zone\n"
-        " 0  alpha  127.0.0.1:7100      128  z1\n"
-        " 1  beta   127.0.0.1:7101      256  -\n"
-        " 2  gamma  10.0.0.3:7102       128  z2")
+        "Id  Node   Host:Port       V-Nodes  Zone  Role\n"
+        " 0  alpha  127.0.0.1:7100      128  z1    storage\n"
+        " 1  beta   127.0.0.1:7101      256  -     storage\n"
+        " 2  gamma  10.0.0.3:7102       128  z2    storage")
+
+
+def test_node_list_shows_gateways_with_no_vnodes():
+    nodes = [{"node_id": "a", "addr": "h1", "port": 7100, "weight": 1, "role": "storage"},
+             {"node_id": "g", "addr": "hv1", "port": 7100, "weight": 0, "role": "gateway"},
+             {"node_id": "old", "addr": "hv2", "port": 7100, "weight": 0}]  # no role field
+    assert render.render_node_list(nodes) == (
+        "Id  Node  Host:Port  V-Nodes  Zone  Role\n"
+        " 0  a     h1:7100        128  -     storage\n"
+        " 1  g     hv1:7100         0  -     gateway\n"
+        " 2  old   hv2:7100         0  -     gateway")
 
 
 def test_node_info_with_total():

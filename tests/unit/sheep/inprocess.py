@@ -21,6 +21,7 @@ from sheep.peer import wire
 from sheep.recovery.executor import Recovery
 from sheep.replication.epoch import EpochState, EpochView
 from sheep.replication.gateway import Gateway
+from sheep.replication.guard import WriteGuard
 from sheep.replication.replica import Replica
 from sheep.store.objects import ObjectStore
 
@@ -131,6 +132,7 @@ class Cluster:
         self.min_copies = min_copies
         self.generation_of = generation_of
         self.nodes: list[Node] = []
+        self.gateway_epochs: list[EpochState] = []
         self.catalog = catalog
         for _ in range(n):
             self.add_node(recovery=recovery)
@@ -156,13 +158,29 @@ class Cluster:
         self.nodes.append(node)
         return node
 
+    def gateway_only(self, fenced=lambda: False) -> Gateway:
+        """A gateway-only node (``sheep --gateway``): no replica, in no epoch, every
+        request to a peer; it follows the epochs delivered to every node."""
+        epochs = EpochState()
+        if self.nodes and self.nodes[0].epochs.view is not None:
+            epochs.update(self.nodes[0].epochs.view)
+        gw = Gateway(f"g{len(self.gateway_epochs)}", None, self.net.for_node("g"), epochs,
+                     guard=WriteGuard(fenced), io_timeout_s=self.io_timeout_s,
+                     peer_timeout_s=1.0, min_copies=lambda: self.min_copies)
+        self.gateway_epochs.append(epochs)
+        return gw
+
     def set_epoch(self, epoch: int, members: list[Node], on: list[Node] | None = None) -> None:
-        """Epoch ``epoch`` with ``members``, delivered to ``on`` (default: every node)."""
+        """Epoch ``epoch`` with ``members``, delivered to ``on`` (default: every node and
+        every gateway-only node)."""
         view = EpochView(epoch, tuple(sorted((n.member for n in members),
                                              key=lambda m: m.node_id)),
                          Ring([n.member for n in members]))
         for node in on if on is not None else self.nodes:
             node.epochs.update(view)
+        if on is None:
+            for epochs in self.gateway_epochs:
+                epochs.update(view)
 
     def node(self, node_id: str) -> Node:
         return next(n for n in self.nodes if n.node_id == node_id)

@@ -1,5 +1,6 @@
 """The gateway contract the volume model relies on, held against the unit fake and the real
-`Gateway` over real `Replica`s and stores (three in-process nodes, copies 3).
+`Gateway` over real `Replica`s and stores (three in-process nodes, copies 3), from one of
+the nodes and from a gateway-only node (no replica of its own).
 
 A fake that could do what production cannot (the old fake raised an error the real
 gateway never raised, and wrote "creates" into leftover objects) hides bugs; every
@@ -22,10 +23,12 @@ OID = data_oid(0x7c2b26, 1)
 OS = 1 << 20
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(params=["fake", "real", "gateway-only"])
 def gw(request, tmp_path):
     if request.param == "fake":
         return FakeGateway()
+    if request.param == "gateway-only":          # no local replica: everything over peers
+        return Cluster(tmp_path, 3).gateway_only()
     return Cluster(tmp_path, 3).nodes[0].gateway
 
 
