@@ -6,6 +6,7 @@
 #   SHEEP_LISTEN=0.0.0.0           bind address inside the container
 #   SHEEP_PORT=7100 SHEEP_ADMIN_PORT=7000 SHEEP_NBD_PORT=10809   ports inside the container
 #   SHEEP_ZONE= SHEEP_WEIGHT=1     failure zone, capacity weight
+#   SHEEP_GATEWAY=no               yes: a gateway-only sheep (no store, no weight; --gateway)
 #   SHEEP_SESSION_TIMEOUT=10 SHEEP_IO_TIMEOUT=60 SHEEP_RESERVE=67108864 SHEEP_LOG_LEVEL=INFO
 #   SHEEP_DIR=/var/lib/sheepdog    store directory (a volume; it keeps the node id)
 #   SHEEP_EXTRA_ARGS=              anything else, appended to the command line
@@ -20,11 +21,15 @@ args=(
   --port "${SHEEP_PORT:-7100}"
   --admin-port "${SHEEP_ADMIN_PORT:-7000}"
   --nbd-port "${SHEEP_NBD_PORT:-10809}"
-  --weight "${SHEEP_WEIGHT:-1}"
   --session-timeout "${SHEEP_SESSION_TIMEOUT:-10}"
   --io-timeout "${SHEEP_IO_TIMEOUT:-60}"
   --log-level "${SHEEP_LOG_LEVEL:-INFO}"
 )
+if [ "${SHEEP_GATEWAY:-no}" = yes ]; then
+  args+=(--gateway)
+else
+  args+=(--weight "${SHEEP_WEIGHT:-1}")
+fi
 [ -n "${SHEEP_ZONE:-}" ] && args+=(--zone "$SHEEP_ZONE")
 [ -n "${SHEEP_RESERVE:-}" ] && args+=(--reserve "$SHEEP_RESERVE")
 # shellcheck disable=SC2206  # word splitting wanted

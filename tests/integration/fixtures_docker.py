@@ -38,6 +38,7 @@ except ImportError:                                    # pragma: no cover
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "compose"
 SERVICES = ("sheep1", "sheep2", "sheep3")
+GATEWAYS = ("gateway1",)
 ADMIN, NBD = "7000/tcp", "10809/tcp"
 SESSION_TAG = uuid.uuid4().hex[:8]
 COLLIE = shutil.which("collie")
@@ -55,6 +56,7 @@ TEST_ENV = {
     "SHEEPDOG_COPIES": "3",
     "SHEEPDOG_RESTART": "unless-stopped",
     **{f"SHEEP{i}_{kind}_PORT": "" for i in (1, 2, 3) for kind in ("ADMIN", "NBD")},
+    **{f"GATEWAY1_{kind}_PORT": "" for kind in ("ADMIN", "NBD")},
 }
 
 
@@ -105,7 +107,7 @@ class ComposeCluster:
         poll(lambda: self._reload(fmt).status == "exited", timeout, "the format service to exit")
         code = fmt.attrs["State"]["ExitCode"]
         assert code == 0, f"format exited {code}:\n{fmt.logs().decode(errors='replace')}"
-        for s in SERVICES:
+        for s in SERVICES + GATEWAYS:
             self.wait_healthy(s, timeout)
         return self
 

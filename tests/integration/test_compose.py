@@ -92,11 +92,15 @@ def logs_since(c: ComposeCluster, service: str, since: float) -> str:
 
 # -- tests ---------------------------------------------------------------------------------
 
-def test_io_from_the_host_through_every_sheep(compose_cluster: ComposeCluster, tmp_path):
+def test_io_from_the_host_through_every_sheep_and_the_gateway(compose_cluster: ComposeCluster, tmp_path):
     c = compose_cluster
     listing = c.collie("sheep1", "node", "list").stdout.decode()
     for node_id in IDS.values():
         assert node_id in listing
+    # the gateway is a member with no vnodes, in no epoch
+    row = next(line for line in listing.splitlines() if "gateway1:7100" in line)
+    assert row.split()[3:] == ["0", "-", "gateway"]
+    assert c.members("sheep1") == sorted(IDS.values())
     info = c.api("sheep2", "/cluster")
     assert info["format"]["copies"] == 3 and info["state"] == "running"
 
@@ -110,7 +114,7 @@ def test_io_from_the_host_through_every_sheep(compose_cluster: ComposeCluster, t
     c.wait_unlocked("sheep1", "vm1")
     # one attacher at a time: each qemu-img exits, and its sheep unlocks a moment later,
     # before the next one attaches
-    for service in IDS:
+    for service in (*IDS, "gateway1"):
         proc = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(src),
                                c.nbd_uri(service, "vm1")], capture_output=True, timeout=180)
         c.wait_unlocked(service, "vm1")
