@@ -221,18 +221,22 @@ def render_vdi_tree(vdis: list[dict], tz: tzinfo | None = None) -> str:
 
 
 def render_locks(answer: dict) -> str:
-    """``GET /locks`` (``{"locks": [{name, node_id, client, since}]}``) -> ``VDI  Owner  [Client]  Since``
-    table; the Client column (the NBD client's address) appears when any lock records one."""
-    locks = answer.get("locks") or []
-    with_client = any(lock.get("client") for lock in locks)   # the NBD client's address
+    """``GET /locks`` -> ``VDI  Owner  Client  Since  Gen  Standbys``: the holder of each VDI's
+    write right (node, NBD client, since when), its lock generation and how many other
+    connections are attached; then VDIs attached by connections none of which holds it
+    (owner ``-``)."""
     rows = []
-    for lock in locks:
+    for lock in answer.get("locks") or []:
         name = lock.get("name") or lock.get("vdi") or "-"
         owner = lock.get("owner") or lock.get("node_id") or lock.get("holder") or "-"
         since = lock.get("since") or lock.get("created") or lock.get("acquired")
-        client = (lock.get("client") or "-",) if with_client else ()
-        rows.append((name, owner, *client, format_time(since, "%Y-%m-%d %H:%M:%S")))
-    return table(("VDI", "Owner", *(("Client",) if with_client else ()), "Since"), rows)
+        rows.append((name, owner, lock.get("client") or "-",
+                     format_time(since, "%Y-%m-%d %H:%M:%S"),
+                     str(lock.get("generation", "-")), str(len(lock.get("standbys") or ()))))
+    for entry in answer.get("attached") or []:
+        rows.append((entry.get("name") or "-", "-", "-", "-", "-",
+                     str(len(entry.get("attachments") or ()))))
+    return table(("VDI", "Owner", "Client", "Since", "Gen", "Standbys"), rows, right={4, 5})
 
 
 def _progress(node: dict) -> str:

@@ -15,6 +15,10 @@ znode                              kind        value (JSON)
 ``/generations/<vid 6 hex>``       persistent  {"generation", "clean", "holder", "since"}: the VDI's
                                                lock generation (fencing token) and whether
                                                its last holder let go cleanly
+``/attachments/<vid 6 hex>/a<seq>`` ephemeral  {"vid", "node_id", "client", "since"}: one per NBD
+                                               connection attached to the working VDI
+``/handoffs/<vid 6 hex>/r<seq>``   ephemeral   {"vid", "node_id", "client", "since"}: a standby
+                                               asking the lock's holder for the write right
 ``/recovery/<%010d>/<node_id>``    persistent  recovery-done marker of a node for an epoch
 =================================  ==========  =================================================
 
@@ -162,6 +166,20 @@ class Layout:
         return f"{self.generations}/{vid_name(vid)}"
 
     @property
+    def attachments(self) -> str:
+        return f"{self.root}/attachments"
+
+    def attachments_of(self, vid: int) -> str:
+        return f"{self.attachments}/{vid_name(vid)}"
+
+    @property
+    def handoffs(self) -> str:
+        return f"{self.root}/handoffs"
+
+    def handoffs_of(self, vid: int) -> str:
+        return f"{self.handoffs}/{vid_name(vid)}"
+
+    @property
     def recovery(self) -> str:
         return f"{self.root}/recovery"
 
@@ -174,4 +192,4 @@ class Layout:
     def base_paths(self) -> tuple[str, ...]:
         """The persistent directories ``Coordinator.start`` makes sure exist."""
         return (self.root, self.members, self.epochs, self.leader, self.vdis, self.locks,
-                self.generations, self.recovery)
+                self.generations, self.attachments, self.handoffs, self.recovery)

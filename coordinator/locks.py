@@ -207,6 +207,26 @@ class VdiLocks:
                     value.get("node_id"), value.get("client"), generation)
         return {**value, "new_generation": generation}
 
+    def state(self, vid: int) -> dict:
+        """The VDI's generation record: ``generation``, ``clean`` (its last holder let go
+        with every write on every replica), ``holder``."""
+        with zk_unavailable("generation read"):
+            return self._read_generation(vid)[0]
+
+    def wait_released(self, vid: int, timeout_s: float) -> bool:
+        """Until nobody holds the lock of ``vid`` (True), or ``timeout_s`` (False)."""
+        path = self._layout.lock(vid)
+        deadline = time.monotonic() + timeout_s
+        with zk_unavailable("lock wait"):
+            while True:
+                gone = self._client.handler.event_object()
+                if self._client.exists(path, watch=lambda _event: gone.set()) is None:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                gone.wait(min(remaining, 1.0))  # and look again: a watch can be lost
+
     def watch(self, vid: int, on_gone) -> None:
         """Call ``on_gone(vid)`` once, in a new greenlet, when the lock znode that exists now
         disappears or is replaced (broken by an operator, or lost with the session).

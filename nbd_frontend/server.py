@@ -112,6 +112,15 @@ class NbdServer:
             log.warning("dropped %d client(s) of export %s", len(conns), name)
         return len(conns)
 
+    def drop_export(self, export) -> int:
+        """Cut the connections serving this very export object (not other connections of
+        the same export name); returns how many were cut."""
+        conns = [c for c in self._by_export.get(getattr(export, "name", None), ())
+                 if c.export is export]
+        for conn in conns:
+            conn.revoke()
+        return len(conns)
+
     def clients(self, name: str) -> int:
         """Number of connections currently attached to export ``name``."""
         return len(self._by_export.get(name, ()))

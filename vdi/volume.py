@@ -71,6 +71,10 @@ class Volume:
         self._gw = gateway
         self._map = objmap
         self._readonly = readonly
+        # Another connection may be writing this VDI (this one is attached without the
+        # write right): the map in memory can be behind the inode, so every entry that
+        # is not this vid's own object is read again from the inode before it is used.
+        self.follow = False
         self._guard = threading.Lock()
         self._index_locks: dict[int, list] = {}  # idx -> [Lock, users]
 
@@ -168,6 +172,20 @@ class Volume:
             data = bytes(data) + bytes(length - len(data))
         return data
 
+    def _refresh_entry(self, idx: int) -> int:
+        """Read map[idx] from the inode again (another writer may have changed it)."""
+        self._refresh_entries(idx, idx)
+        return self._map.get(idx)
+
+    def _refresh_entries(self, first: int, last: int) -> None:
+        """Read map[first..last] from the inode again."""
+        off, raw = entry_record(first, 0)
+        want = len(raw) * (last - first + 1)
+        buf = bytes(self._gw.read(inode_oid(self._vid), off, want, self.copies)).ljust(want, b"\0")
+        fresh = ObjectMap.from_bytes(memoryview(buf))
+        for i in range(last - first + 1):
+            self._map.set(first + i, fresh.get(i))
+
     def _persist_entry(self, idx: int, owner: int):
         """Persist map[idx] = owner in the inode; returns the epoch the write completed at."""
         off, raw = entry_record(idx, owner)
@@ -196,11 +214,17 @@ class Volume:
         """The bytes of one piece, or None for a hole."""
         for _ in range(_READ_RETRIES):
             owner = self._map.get(idx)
+            if self.follow and owner != self._vid:
+                owner = self._refresh_entry(idx)
             if owner == 0:
                 return None
             try:
                 return self._read_obj(data_oid(owner, idx), obj_off, n)
             except NoObject:
+                if self.follow:
+                    if self._refresh_entry(idx) == owner:
+                        raise
+                    continue
                 if self._map.get(idx) == owner:
                     raise
                 # the entry changed under us (trim or copy-on-write): look again
@@ -304,6 +328,9 @@ class Volume:
                              length=length, size=self._size)
         length = min(length, self._size - offset)
         runs: list[tuple[int, bool]] = []
+        if self.follow and length:
+            first, last = offset // self.object_size, (offset + length - 1) // self.object_size
+            self._refresh_entries(first, last)
         for idx, _, _, n in self._pieces(offset, length):
             hole = self._map.get(idx) == 0
             if runs and runs[-1][1] == hole:

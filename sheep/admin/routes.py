@@ -147,9 +147,23 @@ class _Api:
 
     # -- locks -------------------------------------------------------------------
     def lock_list(self, req: Request):
+        """The write right of every VDI that has a holder or an attachment: ``locks`` (the
+        holders, each with its ``generation``, its VDI's ``attachments`` and ``standbys``:
+        the attached connections other than the holder) and ``attached`` (VDIs attached
+        by connections none of which holds the write right)."""
         names = {e["vid"]: e["name"] for e in self.sheep.catalog.list()}
-        return {"locks": [{**lock, "name": names.get(lock.get("vid"), "?")}
-                          for lock in self.sheep.locks.list()]}
+        attached = self.sheep.attachments.all()
+        locks = []
+        for lock in self.sheep.locks.list():
+            vid = lock.get("vid")
+            mine = attached.pop(vid, [])
+            standbys = [a for a in mine if (a.get("node_id"), a.get("client")) !=
+                        (lock.get("node_id"), lock.get("client"))]
+            locks.append({**lock, "name": names.get(vid, "?"), "attachments": mine,
+                          "standbys": standbys})
+        return {"locks": locks,
+                "attached": [{"vid": vid, "name": names.get(vid, "?"), "attachments": found}
+                             for vid, found in sorted(attached.items())]}
 
     def lock_break(self, req: Request):
         entry = self.sheep.vdis.working(req.params["name"])

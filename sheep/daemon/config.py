@@ -25,6 +25,8 @@ class SheepConfig:
     reserve_bytes: int = 64 << 20
     scrub_bytes_per_s: int = 4 << 20
     scrub_interval_s: float = 600.0
+    handoff_idle_s: float = 0.5
+    handoff_timeout_s: float = 30.0
     log_level: str = "INFO"
 
     @property
@@ -64,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes per second the background scrub verifies (0: off)")
     p.add_argument("--scrub-interval", type=float, default=600.0,
                    help="seconds of rest between two scrub passes")
+    p.add_argument("--handoff-idle", type=float, default=0.5,
+                   help="seconds a VDI's writer must be idle with every write flushed before "
+                        "it hands the write right to another attachment that asks")
+    p.add_argument("--handoff-timeout", type=float, default=30.0,
+                   help="seconds a write waits for the write right held by another "
+                        "attachment before it fails (EIO)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -84,10 +92,13 @@ def parse_args(argv: list[str] | None = None) -> SheepConfig:
         p.error("--weight must be at least 1")
     if a.scrub_rate < 0:
         p.error("--scrub-rate must be >= 0 (0: off)")
+    if a.handoff_idle < 0 or a.handoff_timeout <= 0:
+        p.error("--handoff-idle must be >= 0 and --handoff-timeout > 0 (seconds)")
     return SheepConfig(dir=a.dir, zk_hosts=a.zk, cluster=a.cluster, addr=a.addr,
                        listen=a.listen, port=a.port, admin_port=a.admin_port,
                        nbd_port=a.nbd_port, zone=a.zone, weight=weight, gateway=a.gateway,
                        session_timeout_s=a.session_timeout, io_timeout_s=a.io_timeout,
                        reserve_bytes=a.reserve, scrub_bytes_per_s=a.scrub_rate,
                        scrub_interval_s=a.scrub_interval,
+                       handoff_idle_s=a.handoff_idle, handoff_timeout_s=a.handoff_timeout,
                        log_level=a.log_level.upper())

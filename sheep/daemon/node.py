@@ -15,6 +15,7 @@ from gevent import monkey
 from gevent.event import Event
 
 from common.errors import NotReady, StoreMismatch
+from coordinator.attachments import Attachments
 from coordinator.catalog import Catalog
 from coordinator.cluster import Coordinator
 from coordinator.locks import VdiLocks
@@ -38,6 +39,7 @@ from sheep.replication.replica import Replica
 from sheep.store import objfile
 from sheep.store.objects import ObjectStore
 from sheep.store.storedir import StoreDir
+from sheep.volumes.handoff import HandoffPolicy
 from sheep.volumes.nbd_exports import VdiExportProvider
 from sheep.volumes.service import VdiService
 from vdi import objects
@@ -78,6 +80,7 @@ class Sheep:
                                        on_cluster=self.lifecycle.on_cluster)
         self.catalog = Catalog(self.coordinator.client, config.cluster)
         self.locks = VdiLocks(self.coordinator.client, config.cluster)
+        self.attachments = Attachments(self.coordinator.client, config.cluster)
         self.replica: Replica | None = None
         self.gateway: Gateway | None = None
         self.recovery: Recovery | None = None
@@ -163,10 +166,12 @@ class Sheep:
     def _open_frontends(self) -> None:
         coord = self.coordinator
         self.vdis = VdiService(self.catalog, self.gateway, self.cluster_format,
-                               locks=self.locks, node_id=self.node_id,
-                               session=lambda: coord.session_generation)
+                               locks=self.locks, attachments=self.attachments,
+                               node_id=self.node_id, session=lambda: coord.session_generation)
         self.checker = Checker(self.node_id, self.gateway)
-        self.exports = VdiExportProvider(self.vdis, self.locks, self.node_id)
+        self.exports = VdiExportProvider(
+            self.vdis, self.locks, self.node_id, self.attachments,
+            HandoffPolicy(self.config.handoff_idle_s, self.config.handoff_timeout_s))
         self.nbd = NbdServer(self.exports, self.config.bind_addr, self.config.nbd_port,
                              timing=self.stage_metrics.nbd)
         self.exports.server = self.nbd

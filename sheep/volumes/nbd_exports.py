@@ -1,14 +1,20 @@
 """NBD exports of this sheep: VDIs as `nbd_frontend` Exports.
 
-Export ``NAME`` is the working VDI, read-write, and holds the VDI's lock (an
-ephemeral znode of this node's session) from attach to detach, taken through
-`VdiService.take` (fenced, resynced after an unclean hand-over: `sheep.volumes.fencing`);
-its Volume writes through the `VdiWriter` of that lock, and a write refused as coming
-from a superseded generation revokes the export.  At detach the lock is given back
-"clean" when every write reached every replica.  ``NAME@TAG`` or
-``NAME@ID`` is a snapshot, read-only, lock-free.  When the lock disappears
-while attached (``collie vdi lock unlock`` or a lost session) the export is
-revoked at once: every later request fails and the NBD server drops the client.
+Export ``NAME`` is the working VDI, read-write.  Attaching it is not the right to
+write it: any number of connections may attach (each registers an attachment,
+`coordinator.attachments`) and read.  The right to write is the VDI's lock, taken
+through `VdiService.take` (fenced, resynced after an unclean hand-over:
+`sheep.volumes.fencing`) at a connection's first write, trim or zeroes, after which
+the Volume is opened again (the inode re-read: an earlier holder may have allocated)
+and writes through the `VdiWriter` of that lock.  While another connection holds it,
+the first mutation files a hand-off request and waits (`sheep.volumes.handoff`): the
+holder gives the lock up once it is quiescent and clean, never while dirty.  A holder
+that handed over keeps reading and flushing (a no-op), but its writes fail with EPERM.
+A write refused as coming from a superseded generation revokes the export.  At detach
+the lock is given back "clean" when every write reached every replica.  ``NAME@TAG`` or
+``NAME@ID`` is a snapshot, read-only, lock-free.  When the lock disappears while held
+(``collie vdi lock unlock`` or a lost session) the export is revoked at once: every
+later request fails and the NBD server drops that client.
 
 Live snapshot: a working export has a write barrier.  Writes, trims and zeroes
 pass it and count themselves in flight; `VdiExport.quiesced` closes it, waits
@@ -16,18 +22,21 @@ until nothing is in flight, and reopens it afterwards.  While it is closed the
 provider freezes the VDI (`sheep.volumes.snapshots.SnapshotService.freeze`) with the
 export's own map, takes the new vid's lock, swaps the export's Volume to the
 new working vid and releases the old lock.  Reads are not held: both volumes
-read the same bytes while no write runs.
+read the same bytes while no write runs.  A hand-off closes the same barrier.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
+import gevent
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from common.errors import Fenced, Locked, StaleGeneration, Unavailable
+from common.errors import Fenced, Locked, ReadOnly, StaleGeneration, Unavailable
 from nbd_frontend.export import HOLE, ZERO
+from sheep.volumes.handoff import HandoffPolicy, WriteState
 from vdi.volume import Volume
 
 QUIESCE_TIMEOUT_S = 30.0
@@ -47,38 +56,51 @@ class VdiExport:
     handles_fua = True
 
     def __init__(self, name: str, entry: dict, volume, provider: "VdiExportProvider",
-                 locked: bool, client: str = "", writer=None) -> None:
+                 working: bool, client: str = "") -> None:
         self.name = name
         self.entry = entry
         self.volume = volume
-        self.writer = writer        # VdiWriter of the lock this export holds, or None
+        self.writer = None          # VdiWriter of the lock while this export holds it
         self.size = volume.size
         self.readonly = volume.readonly
         self.client = client
+        self.working = working      # the working VDI (may take the write right)
+        self.attachment: str | None = None
+        self.handed_over = False    # gave the write right to another connection
         self._provider = provider
-        self._locked = locked
         self.revoked = False
         self.closed = False
+        self.state = WriteState()
         self._open = Event()        # the write barrier: set = writes may start
         self._open.set()
         self._idle = Event()        # set = no write in flight
         self._idle.set()
-        self._in_flight = 0
         self._snapshotting = Semaphore()
+        self._taking = Semaphore()  # one acquisition of the write right at a time
 
     def _check(self) -> None:
         if self.revoked:
             raise Fenced(f"lock of VDI '{self.entry['name']}' was broken; export revoked")
+
+    def _check_write_right(self) -> None:
+        if self.handed_over:
+            raise ReadOnly(f"VDI '{self.entry['name']}': this connection handed the write "
+                           "right over to another attachment; it may still read and flush")
 
     def _mutate(self, offset: int, length: int, fn, fua: bool) -> None:
         """One write/trim/zeroes: ``fn(volume)`` once past the barrier, counted in flight,
         with reclaim told when it dropped a reference to a shared object (no context
         managers: this is the hot path of every NBD write)."""
         self._check()
+        self._check_write_right()
+        if self.writer is None:
+            self._provider.take_write_right(self)
         while not self._open.is_set():
             self._open.wait()
         self._check()
-        self._in_flight += 1
+        self._check_write_right()
+        state = self.state
+        state.started()
         self._idle.clear()
         try:
             volume = self.volume
@@ -86,17 +108,17 @@ class VdiExport:
             shared = reclaimer.shared_before(volume, offset, length)
             try:
                 fn(volume)
-                if fua:
-                    volume.flush()
             finally:
                 reclaimer.after(volume, shared)
+                state.finished()
+            if fua:
+                self._flush_writer()
         except StaleGeneration:
             # a newer holder took the VDI (our lock was broken or our session lost)
             self._provider.revoke(self)
             raise
         finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
+            if state.in_flight == 0:
                 self._idle.set()
 
     @contextlib.contextmanager
@@ -120,8 +142,22 @@ class VdiExport:
         self._mutate(offset, len(data), lambda v: v.write(offset, data), fua)
 
     def flush(self) -> None:
+        """Durable on every replica: what this connection wrote.  A connection that handed
+        the write right over had flushed everything it wrote: its FLUSH succeeds at once
+        (qemu flushes an inactive migration source at quit).  One that never wrote
+        flushes the cluster (as any FLUSH does), without the write right."""
         self._check()
+        if self.handed_over:
+            return
+        if self.writer is None:
+            self.volume.flush()
+            return
+        self._flush_writer()
+
+    def _flush_writer(self) -> None:
+        mark = self.state.flush_started()
         self.volume.flush()
+        self.state.flush_finished(mark)
 
     def trim(self, offset: int, length: int, fua: bool = False) -> None:
         self._mutate(offset, length, lambda v: v.trim(offset, length), fua)
@@ -135,19 +171,28 @@ class VdiExport:
         return [(n, HOLE | ZERO if hole else 0)
                 for n, hole in self.volume.block_status(offset, length)]
 
+    def may_hand_over(self, policy: HandoffPolicy) -> bool:
+        return (self.writer is not None and self.writer.clean and self._idle.is_set()
+                and self.state.may_hand_over(policy))
+
     def close(self) -> None:
         self._provider.detached(self)
 
 
 class VdiExportProvider:
-    """ExportProvider over the VDI service and the lock table."""
+    """ExportProvider over the VDI service, the lock table and the attachments."""
 
-    def __init__(self, vdis, locks, node_id: str) -> None:
+    def __init__(self, vdis, locks, node_id: str, attachments=None,
+                 policy: HandoffPolicy = HandoffPolicy()) -> None:
         self.vdis = vdis
         self.locks = locks
+        self.attachments = attachments
         self.node_id = node_id
+        self.policy = policy
         self.server = None                  # the NbdServer, set by the daemon
-        self._attached: dict[int, VdiExport] = {}
+        self._attached: dict[int, VdiExport] = {}   # vid -> the export holding its lock
+        self._request_watches: dict[int, object] = {}
+        self._serving: set[int] = set()             # vids whose hand-off loop runs
 
     @property
     def reclaimer(self):
@@ -178,27 +223,118 @@ class VdiExportProvider:
         entry = self._entry(name)
         if entry.get("snapshot"):
             return VdiExport(name, entry, self.vdis.open_volume(entry, readonly=True), self,
-                             locked=False)
-        vid = entry["vid"]
-        try:
-            writer = self.vdis.take(entry, client_addr)
-        except Locked as exc:
-            raise Locked(f"VDI '{entry['name']}' is attached elsewhere: {exc.message}",
-                         **exc.data) from None
-        try:
-            volume = self.vdis.open_volume(entry, gateway=writer)
-        except BaseException:
-            self.vdis.give_back(writer)
-            raise
-        export = VdiExport(name, entry, volume, self, locked=True, client=client_addr,
-                           writer=writer)
-        self._attached[vid] = export
-        self.locks.watch(vid, lambda gone, e=export: self._revoke(e, gone))
-        log.info("vdi=%s vid=%06x attached by %s", entry["name"], vid, client_addr)
+                             working=False)
+        # a holder that vanished uncleanly may have left replicas apart: bring them
+        # together before anyone reads (nobody holds the lock then)
+        self.vdis.settle_if_unclean(entry, client_addr)
+        volume = self.vdis.open_volume(entry)
+        volume.follow = True                # someone else may be writing it
+        export = VdiExport(name, entry, volume, self, working=True, client=client_addr)
+        if self.attachments is not None:
+            export.attachment = self.attachments.attach(entry["vid"], self.node_id,
+                                                        client_addr)
+        log.info("vdi=%s vid=%06x attached by %s", entry["name"], entry["vid"], client_addr)
         return export
 
+    # -- the write right --------------------------------------------------------------
+    def take_write_right(self, export: VdiExport) -> None:
+        """Make ``export`` the VDI's writer: take the lock, asking its holder to hand it
+        over (and waiting up to the policy's timeout) when another connection has it."""
+        with export._taking:
+            if export.writer is not None:
+                return                  # a concurrent first write took it meanwhile
+            name = export.entry["name"]
+            deadline = time.monotonic() + self.policy.timeout_s
+            request = None
+            try:
+                while True:
+                    export._check()
+                    entry = self.vdis.working(name)     # a snapshot may have moved it on
+                    try:
+                        writer = self.vdis.take(entry, export.client)
+                        break
+                    except Locked as exc:
+                        if self.attachments is None:
+                            raise
+                        if request is None:
+                            request = self.attachments.request_handoff(
+                                entry["vid"], self.node_id, export.client)
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise Unavailable(
+                                f"VDI '{name}' is being written by another attachment that "
+                                f"did not become quiescent and clean (every write flushed) "
+                                f"within {self.policy.timeout_s:.0f}s: {exc.message}",
+                                vid=entry["vid"]) from None
+                        self.locks.wait_released(entry["vid"], min(remaining, 1.0))
+            finally:
+                if request is not None:
+                    self._quietly(self.attachments.withdraw, request)
+            try:
+                volume = self.vdis.open_volume(entry, gateway=writer)  # the inode, again
+            except BaseException:
+                self.vdis.give_back(writer)
+                raise
+            export.writer, export.volume, export.entry = writer, volume, entry
+            export.state = WriteState()
+            self._holding(export)
+            log.info("vdi=%s vid=%06x write right taken by %s (generation %d)", name,
+                     entry["vid"], export.client, writer.generation)
+
+    def _holding(self, export: VdiExport) -> None:
+        vid = export.entry["vid"]
+        self._attached[vid] = export
+        self.locks.watch(vid, lambda gone, e=export: self._revoke(e, gone))
+        if self.attachments is not None:
+            self._request_watches[vid] = self.attachments.watch_requests(
+                vid, lambda watch, v=vid: self._on_requests(v, watch))
+
+    def _not_holding(self, vid: int) -> None:
+        self._attached.pop(vid, None)
+        watch = self._request_watches.pop(vid, None)
+        if watch is not None:
+            watch.cancel()
+
+    def _on_requests(self, vid: int, watch) -> None:
+        if watch.cancelled or not watch.requests or vid in self._serving:
+            return
+        self._serving.add(vid)
+        try:
+            self._serve_handoff(vid, watch)
+        finally:
+            self._serving.discard(vid)
+
+    def _serve_handoff(self, vid: int, watch) -> None:
+        """Someone waits for the write right: hand it over as soon as the holder is
+        quiescent and clean and has been so for the policy's idle time."""
+        while not watch.cancelled and watch.requests:
+            export = self._attached.get(vid)
+            if export is None or export.closed or export.revoked:
+                return
+            if export.may_hand_over(self.policy):
+                with export._snapshotting:          # no live snapshot meanwhile
+                    export._open.clear()            # hold new writes at the barrier
+                    try:
+                        if export.may_hand_over(self.policy):
+                            self._hand_over(export)
+                            return
+                    finally:
+                        export._open.set()
+            gevent.sleep(export.state.wait_before_asking_again(self.policy))
+
+    def _hand_over(self, export: VdiExport) -> None:
+        vid, writer = export.entry["vid"], export.writer
+        self._not_holding(vid)
+        export.handed_over = True
+        export.writer = None
+        export.volume.follow = True         # the new holder changes the map from now on
+        self.vdis.give_back(writer, clean=True)
+        log.warning("vdi=%s vid=%06x write right handed over by %s (generation %d): its "
+                    "writes now fail with EPERM", export.entry["name"], vid, export.client,
+                    writer.generation)
+
     def live_snapshot(self, vid: int, tag: str, freeze):
-        """Snapshot the VDI ``vid`` attached here, if it is; None when it is not.
+        """Snapshot the VDI ``vid`` whose lock an export here holds; None when none does.
 
         ``freeze(entry, tag, objmap, before_flip)`` is the catalog change
         (`SnapshotService.freeze`); it runs with the export quiesced.
@@ -207,7 +343,8 @@ class VdiExportProvider:
         if export is None:
             return None
         with export.quiesced():
-            if export.closed or export.revoked or export.entry["vid"] != vid:
+            if export.closed or export.revoked or export.writer is None \
+                    or export.entry["vid"] != vid:
                 return None         # detached or already moved on: the caller looks again
             volume = export.volume
             objmap = volume.objmap.copy()
@@ -226,13 +363,12 @@ class VdiExportProvider:
             export.volume = Volume(new["vid"], volume.size, volume.object_size, volume.copies,
                                    export.writer, objmap, readonly=False)
             export.entry = new
-            self._attached.pop(vid, None)
-            self._attached[new["vid"]] = export
-        # the old lock's watch fires on release; _revoke ignores it (the export moved on)
-        self.locks.watch(new["vid"], lambda gone, e=export: self._revoke(e, gone))
+            self._not_holding(vid)
+            # the old lock's watch fires on release; _revoke ignores it (the export moved on)
+            self._holding(export)
         self.vdis.give_back(old_writer)
         if export.closed:           # the client left during the snapshot
-            self._attached.pop(new["vid"], None)
+            self._not_holding(new["vid"])
             self.vdis.give_back(export.writer)
         log.info("vdi=%s live snapshot %r: export moved from vid=%06x to vid=%06x",
                  new["name"], tag, vid, new["vid"])
@@ -246,29 +382,36 @@ class VdiExportProvider:
         if vid is not None and export.entry["vid"] != vid:
             return  # the lock of a vid this export left behind (live snapshot)
         if self._attached.get(export.entry["vid"]) is not export:
-            return  # already detached normally
+            return  # already detached normally, or handed over
+        self._not_holding(export.entry["vid"])
         export.revoked = True
-        log.warning("vdi=%s lock gone: dropping its NBD client", export.entry["name"])
+        log.warning("vdi=%s lock gone: dropping its NBD client %s", export.entry["name"],
+                    export.client)
         if self.server is not None:
-            self.server.drop_export_clients(export.name)
+            self.server.drop_export(export)
 
     def detached(self, export: VdiExport) -> None:
         export.closed = True
-        if not export._locked:
+        if not export.working:
             return
         vid = export.entry["vid"]
         if self._attached.get(vid) is export:
-            del self._attached[vid]
-            if not export.revoked:
-                try:
-                    self.vdis.give_back(export.writer)
-                except Exception as exc:  # the session may be gone: the znode went with it
-                    log.info("vdi=%s lock release failed: %s", export.entry["name"], exc)
-        log.info("vdi=%s detached", export.entry["name"])
+            self._not_holding(vid)
+            if not export.revoked and export.writer is not None:
+                self._quietly(self.vdis.give_back, export.writer)
+        if export.attachment is not None:
+            self._quietly(self.attachments.detach, export.attachment)
+        log.info("vdi=%s detached by %s", export.entry["name"], export.client)
+
+    @staticmethod
+    def _quietly(fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:    # the session may be gone: its znodes went with it
+            log.info("%s failed: %s", getattr(fn, "__name__", fn), exc)
 
     def attached_vids(self) -> set[int]:
         return set(self._attached)
 
     def is_attached(self, vid: int) -> bool:
         return vid in self._attached
-

@@ -55,10 +55,12 @@ def validate_name(name: str) -> None:
 
 class VdiService:
     def __init__(self, catalog, gateway, cluster_format: Callable[[], dict | None], *,
-                 locks=None, node_id: str = "", session: Callable[[], int] = lambda: 0) -> None:
+                 locks=None, attachments=None, node_id: str = "",
+                 session: Callable[[], int] = lambda: 0) -> None:
         self.catalog = catalog
         self.gateway = gateway
         self.locks = locks
+        self.attachments = attachments      # coordinator.attachments.Attachments, or None
         self.node_id = node_id
         self.session = session              # this node's ZooKeeper session generation
         self._cluster_format = cluster_format
@@ -74,6 +76,18 @@ class VdiService:
             return VdiWriter(self.gateway, entry["vid"], self.generation(entry["vid"]), None)
         lock = self.fencing.take(entry["vid"], int(entry["copies"]), client)
         return VdiWriter(self.gateway, entry["vid"], lock["generation"], session, lock)
+
+    def settle_if_unclean(self, entry: dict, client: str) -> None:
+        """Before a connection reads a VDI nobody holds: if its last holder let go
+        uncleanly (crashed, lost its session, its lock was broken), take and give back
+        the lock, which resyncs the objects that holder may have left apart."""
+        if self.fencing is None or self.locks.state(entry["vid"]).get("clean", True):
+            return
+        try:
+            writer = self.take(entry, client)
+        except Locked:
+            return                  # someone holds it now: they resynced
+        self.give_back(writer)
 
     def give_back(self, writer: VdiWriter, clean: bool | None = None) -> None:
         if self.fencing is not None:
@@ -285,6 +299,12 @@ class VdiService:
             raise Locked(f"cannot {what} VDI '{entry['name']}': it is attached by node "
                          f"{lock.get('node_id')} (client {lock.get('client')})",
                          holder=lock.get("node_id"))
+        attached = self.attachments.of(entry["vid"]) if self.attachments is not None else []
+        if attached:
+            first = attached[0]
+            raise Locked(f"cannot {what} VDI '{entry['name']}': it is attached by "
+                         f"{len(attached)} client(s) (node {first.get('node_id')}, client "
+                         f"{first.get('client')})", holder=first.get("node_id"))
 
     # -- data ------------------------------------------------------------------
     def open_volume(self, entry: dict, readonly: bool = False, gateway=None) -> Volume:

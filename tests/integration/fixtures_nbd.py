@@ -63,6 +63,18 @@ def locks(node) -> dict:
     return {lk["name"]: lk for lk in api_json(node, "/locks")["locks"]}
 
 
+def attached(node) -> set[str]:
+    """Names of the VDIs some NBD connection has attached (holding the write right or not)."""
+    answer = api_json(node, "/locks")
+    return ({lk["name"] for lk in answer["locks"] if lk["attachments"]}
+            | {e["name"] for e in answer["attached"]})
+
+
+def wait_detached(node, name: str, timeout: float = 15) -> None:
+    poll(lambda: name not in attached(node) and name not in locks(node), timeout,
+         f"VDI {name!r} to be detached")
+
+
 def wait_unlocked(node, name: str, timeout: float = 15) -> None:
     """Until VDI ``name`` has no lock: a client's disconnect releases it a moment
     after the client itself has exited."""
@@ -71,11 +83,11 @@ def wait_unlocked(node, name: str, timeout: float = 15) -> None:
 
 # -- a module-scoped cluster ----------------------------------------------------------------
 
-def module_cluster(request, tmp_path_factory, nodes: int, copies: int):
+def module_cluster(request, tmp_path_factory, nodes: int, copies: int, sheep_args=()):
     """Generator body for a module-scoped cluster fixture (ZooKeeper + ``nodes`` sheep)."""
     base = tmp_path_factory.mktemp("nbdcluster")
     c = LocalCluster(base, nodes, cluster=f"nbd{os.getpid()}{base.name}", fast_zk=True,
-                     sheep_args=["--session-timeout", "4"])
+                     sheep_args=["--session-timeout", "4", *sheep_args])
     failed_before = request.session.testsfailed
     try:
         c.start()
@@ -146,10 +158,22 @@ class NbdSession:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def call(self, op: str, **kw) -> dict:
+        self.send(op, **kw)
+        return self.reply()
+
+    def send(self, op: str, **kw) -> None:
+        """Send one command without waiting for its reply (`reply` reads it)."""
         if op == "connect":
             kw.setdefault("uri", self.uri)
         self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
         self.proc.stdin.flush()
+
+    def replied(self, timeout: float = 0.0) -> bool:
+        """Whether the reply to the command sent is there (within ``timeout``)."""
+        import select
+        return bool(select.select([self.proc.stdout], [], [], timeout)[0])
+
+    def reply(self) -> dict:
         line = self.proc.stdout.readline()
         if not line:
             raise AssertionError(f"libnbd session died: {self.proc.stderr.read()}")

@@ -20,8 +20,9 @@ import struct
 import pytest
 
 from tests.integration.fixtures_cluster import poll
-from tests.integration.fixtures_nbd import (MiB, OBJ, NbdSession, create_vdi, libnbd, locks,
-                                            module_cluster, run, store, uri, wait_unlocked)
+from tests.integration.fixtures_nbd import (MiB, OBJ, NbdSession, attached, create_vdi, libnbd,
+                                            module_cluster, run, store, uri,
+                                            wait_detached, wait_unlocked)
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("qemu-io", "qemu-img", "nbdinfo", "nbdcopy"))
@@ -452,7 +453,7 @@ def test_hostile_client_loses_only_its_own_connection(cluster):
         # a hostile client on the same node finishes the handshake, then sends garbage
         bad = raw_attach(b, "hostile")
         try:
-            assert "hostile" in locks(a)
+            poll(lambda: "hostile" in attached(a), 10, "the hostile client's attachment")
             bad.sendall(os.urandom(64) + b"\xff" * 64)
             bad.settimeout(10)
             # the server closes that connection (EOF or reset; never a hang)
@@ -464,8 +465,8 @@ def test_hostile_client_loses_only_its_own_connection(cluster):
         finally:
             bad.close()
 
-        # its lock goes with it; the good client carries on as before
-        wait_unlocked(a, "hostile")
+        # its attachment goes with it; the good client carries on as before
+        wait_detached(a, "hostile")
         assert good.must("pread", offset=0, length=4096)["bytes"] == [0x42]
         good.must("pwrite", offset=OBJ, length=4096, byte=0x43)
         good.must("flush")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from tests.integration.fixtures_cluster import api_json, collie, poll
+from tests.integration.fixtures_nbd import attached
 from tests.integration.fixtures_volumes import (libnbd, nbd_uri, qemu_io, stderr_line, vdi_of,
                                                 vdis)
 
@@ -110,7 +111,7 @@ def test_errors_have_exit_codes_and_one_line(cluster_factory):
     holder = subprocess.Popen(["qemu-io", "-f", "raw", nbd_uri(n1, "e")], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        poll(lambda: api_json(n0, "/locks")["locks"], what="e attached")
+        poll(lambda: "e" in attached(n0), what="e attached")
         for args in (("rollback", "-f", "-s", "t1", "e"), ("delete", "e")):
             p = collie(n0, "vdi", *args, check=False)
             assert p.returncode == 1, (args, p.stderr)

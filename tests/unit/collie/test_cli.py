@@ -310,7 +310,7 @@ def test_lock_tree_check_recovery_shutdown(capsys):
         args = cmd(argv)
         assert args.func is func and func(fake, args) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "VDI  Owner  Since", "vdi 'x' unlocked", "x", "vdi 'x' checked: objects 3", "Recovery: idle",
+        "VDI  Owner  Client  Since  Gen  Standbys", "vdi 'x' unlocked", "x", "vdi 'x' checked: objects 3", "Recovery: idle",
         "cluster shutdown requested"]
 
 

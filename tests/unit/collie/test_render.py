@@ -152,9 +152,20 @@ def test_vdi_tree_nested_branches_and_unknown_parent():
 
 def test_locks():
     assert render.render_locks({"locks": [{"name": "test", "owner": "alpha", "since": None}]}) == (
-        "VDI   Owner  Since\n"
-        "test  alpha  -")
-    assert render.render_locks({"locks": []}) == "VDI  Owner  Since"
+        "VDI   Owner  Client  Since  Gen  Standbys\n"
+        "test  alpha  -       -        -         0")
+    assert render.render_locks({"locks": []}) == "VDI  Owner  Client  Since  Gen  Standbys"
+
+
+def test_locks_show_generation_standbys_and_vdis_attached_without_a_writer():
+    answer = {"locks": [{"name": "vm1", "node_id": "n1", "client": "10.0.0.9:5000",
+                         "since": None, "generation": 7,
+                         "standbys": [{"node_id": "n2", "client": "10.0.0.8:6000"}]}],
+              "attached": [{"name": "ro", "attachments": [{"node_id": "n1"}, {"node_id": "n3"}]}]}
+    assert render.render_locks(answer) == (
+        "VDI  Owner  Client         Since  Gen  Standbys\n"
+        "vm1  n1     10.0.0.9:5000  -        7         1\n"
+        "ro   -      -              -        -         2")
 
 
 def test_recovery():

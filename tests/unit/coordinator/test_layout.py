@@ -38,7 +38,10 @@ def test_base_paths_are_the_persistent_directories():
     lay = Layout("c")
     assert lay.base_paths() == ("/sheepdog/c", "/sheepdog/c/members", "/sheepdog/c/epochs",
                                 "/sheepdog/c/leader", "/sheepdog/c/vdis", "/sheepdog/c/locks",
-                                "/sheepdog/c/generations", "/sheepdog/c/recovery")
+                                "/sheepdog/c/generations", "/sheepdog/c/attachments",
+                                "/sheepdog/c/handoffs", "/sheepdog/c/recovery")
+    assert lay.attachments_of(0x7c2b26) == "/sheepdog/c/attachments/7c2b26"
+    assert lay.handoffs_of(0x7c2b26) == "/sheepdog/c/handoffs/7c2b26"
 
 
 @pytest.mark.parametrize("name", ["", "a/b", ".", "..", "x\ny", None])
