@@ -360,3 +360,35 @@ def test_an_object_mapped_in_a_later_epoch_than_it_was_written_is_written_again(
     writes.clear()
     vol.write(2 * OS, b"x")
     assert [w[0] for w in writes] == [data_oid(VID, 2), inode_oid(VID)]
+
+
+# -- following another writer (attached without the write right) ---------------------------
+
+def test_a_following_volume_sees_allocations_trims_and_copies_made_by_the_writer():
+    gw = FakeGateway()
+    om = ObjectMap(4)
+    om.set(3, PARENT)                                   # index 3 shared with the parent
+    gw.objects[data_oid(PARENT, 3)] = bytearray(b"p" * OS)
+    writer = new_volume(gw, 4 * OS, objmap=om)
+    reader = Volume.open(gw, VID, 4 * OS, OS, copies=3)
+    reader.follow = True
+
+    writer.write(OS + 10, b"new")                       # allocates index 1
+    writer.write(3 * OS, b"c")                          # copy-on-write of index 3
+    assert reader.read(OS + 10, 3) == b"new"
+    assert reader.read(3 * OS, 2) == b"cp"
+    assert reader.block_status(0, 4 * OS) == [(OS, True), (OS, False), (OS, True), (OS, False)]
+
+    writer.trim(OS, OS)                                 # the object it had read goes
+    assert reader.read(OS + 10, 3) == bytes(3)
+    assert reader.block_status(OS, OS) == [(OS, True)]
+
+
+def test_a_volume_that_does_not_follow_keeps_its_map_and_reads_no_inode():
+    gw = FakeGateway()
+    writer = new_volume(gw, 2 * OS)
+    reader = Volume.open(gw, VID, 2 * OS, OS, copies=3)
+    writer.write(0, b"x")
+    reads = gw.calls["read"]
+    assert reader.read(0, 1) == b"\0"                   # a hole in its own map: no I/O
+    assert gw.calls["read"] == reads
