@@ -27,13 +27,20 @@ class QmpError(AssertionError):
 class Qemu:
     def __init__(self, workdir: Path, name: str, nbd_uri: str, *, incoming: int | None = None,
                  kernel: Path | None = None, initrd: Path | None = None, append: str = "",
-                 memory_mb: int = 128, drive_opts: str = "", serial: Path | None = None):
+                 memory_mb: int = 128, drive_opts: str = "", serial: Path | None = None,
+                 reconnect_delay: int | None = None):
         self.name = name
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.qmp_path = self.dir / f"{name}.qmp"
         self.log_path = self.dir / f"{name}.log"
         drive = f"if=none,id=drive0,format=raw,cache=none,file={nbd_uri}"
+        if reconnect_delay is not None:
+            # the nbd driver's own options (a URI cannot carry reconnect-delay)
+            host, port, export = _split_nbd_uri(nbd_uri)
+            drive = ("if=none,id=drive0,driver=raw,cache=none,file.driver=nbd,"
+                     f"file.server.type=inet,file.server.host={host},file.server.port={port},"
+                     f"file.export={export},file.reconnect-delay={reconnect_delay}")
         if drive_opts:
             drive += "," + drive_opts
         # line-buffered stdout: HMP qemu-io prints there, read back from the log
@@ -166,6 +173,14 @@ class Qemu:
 
     def migration(self) -> dict:
         return self.qmp("query-migrate")
+
+
+def _split_nbd_uri(nbd_uri: str) -> tuple[str, int, str]:
+    """``nbd://HOST:PORT/EXPORT`` -> (host, port, export)."""
+    rest = nbd_uri.removeprefix("nbd://")
+    address, _, export = rest.partition("/")
+    host, _, port = address.rpartition(":")
+    return host, int(port), export
 
 
 def free_port() -> int:
