@@ -49,8 +49,10 @@ class Qemu:
                     "-drive", drive, "-device", "virtio-blk-pci,drive=drive0,id=vd0",
                     "-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
         self.cmd += (["-serial", f"file:{serial}"] if serial else ["-serial", "none"])
+        self.serial = serial
         if kernel:
-            self.cmd += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
+            self.cmd += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
+                         "-no-reboot"]
         if incoming is not None:
             self.cmd += ["-incoming", f"tcp:127.0.0.1:{incoming}"]
         self.proc: subprocess.Popen | None = None
