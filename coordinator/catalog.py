@@ -101,6 +101,27 @@ class Catalog:
                 raise NotFound(f"no VDI with vid {vid:06x}", vid=vid) from None
         return self._entry(vid, data), stat.version
 
+    def watch(self, vid: int, on_change) -> None:
+        """Call ``on_change(vid)`` once, in a new greenlet, when the entry of ``vid`` is
+        changed or deleted after this call (e.g. a snapshot turned it into one)."""
+        state = {"version": None, "fired": False}
+        handler = self._client.handler
+
+        def changed(data, stat, event=None):
+            if state["fired"]:
+                return False
+            version = stat.version if stat is not None else -1
+            if state["version"] is None:
+                state["version"] = version
+                return True
+            if version != state["version"]:
+                state["fired"] = True
+                handler.spawn(on_change, vid)
+                return False
+            return True
+        with zk_unavailable("catalog watch"):
+            self._client.DataWatch(self._layout.vdi(vid), changed)
+
     def create(self, vid: int, entry: dict) -> None:
         """Create the entry; AlreadyExists when the vid is taken (the allocation CAS)."""
         path = self._layout.vdi(vid)

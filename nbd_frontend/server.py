@@ -119,6 +119,8 @@ class NbdServer:
                  if c.export is export]
         for conn in conns:
             conn.revoke()
+        if conns:
+            log.warning("dropped %d client(s) of export %s", len(conns), export.name)
         return len(conns)
 
     def clients(self, name: str) -> int:

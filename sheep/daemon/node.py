@@ -87,7 +87,9 @@ class Sheep:
         self.checker: Checker | None = None
         self.scrubber: Scrubber | None = None
         self.vdis: VdiService | None = None
+        self.exports: VdiExportProvider | None = None
         self.nbd = None
+        self._session_seen: int | None = None
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -101,6 +103,7 @@ class Sheep:
             self._stop_parts()
             raise
         self.admin_server.start()
+        self._session_seen = self.coordinator.session_generation
         self.nbd.start()
         if self.epochs.view is not None and self.recovery is not None:
             self.recovery.kick()
@@ -264,6 +267,11 @@ class Sheep:
 
     def _on_unfence(self) -> None:
         log.warning("node=%s unfenced: registered again", self.node_id)
+        session = self.coordinator.session_generation
+        if session != self._session_seen:
+            self._session_seen = session
+            if self.exports is not None:
+                self.exports.reattach()     # the old session's attachments are gone
 
     def _handle_peer(self, header: dict, payload):
         if self.replica is None:

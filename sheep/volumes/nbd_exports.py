@@ -67,6 +67,8 @@ class VdiExport:
         self.working = working      # the working VDI (may take the write right)
         self.attachment: str | None = None
         self.handed_over = False    # gave the write right to another connection
+        self.handing_over = False   # releasing the lock for a hand-off right now
+        self.moved = False          # the catalog entry changed (a snapshot): look again
         self._provider = provider
         self.revoked = False
         self.closed = False
@@ -77,6 +79,9 @@ class VdiExport:
         self._idle.set()
         self._snapshotting = Semaphore()
         self._taking = Semaphore()  # one acquisition of the write right at a time
+        self._arriving = 0          # mutations started but not yet counted in flight
+        self.waiting = 0            # mutations waiting for the write right
+        self.taking_since: float | None = None   # when the oldest of them began to wait
 
     def _check(self) -> None:
         if self.revoked:
@@ -93,33 +98,38 @@ class VdiExport:
         managers: this is the hot path of every NBD write)."""
         self._check()
         self._check_write_right()
-        if self.writer is None:
-            self._provider.take_write_right(self)
-        while not self._open.is_set():
-            self._open.wait()
-        self._check()
-        self._check_write_right()
-        state = self.state
-        state.started()
-        self._idle.clear()
+        self._arriving += 1             # a hand-off must wait for this one
+        try:
+            if self.writer is None:
+                self._provider.take_write_right(self)
+            while not self._open.is_set():
+                self._open.wait()
+            self._check()
+            self._check_write_right()
+            state = self.state
+            state.started()
+            self._idle.clear()
+        finally:
+            self._arriving -= 1
         try:
             volume = self.volume
             reclaimer = self._provider.reclaimer
-            shared = reclaimer.shared_before(volume, offset, length)
             try:
-                fn(volume)
+                shared = reclaimer.shared_before(volume, offset, length)
+                try:
+                    fn(volume)
+                finally:
+                    reclaimer.after(volume, shared)
             finally:
-                reclaimer.after(volume, shared)
                 state.finished()
+                if state.in_flight == 0:
+                    self._idle.set()
             if fua:
                 self._flush_writer()
         except StaleGeneration:
             # a newer holder took the VDI (our lock was broken or our session lost)
             self._provider.revoke(self)
             raise
-        finally:
-            if state.in_flight == 0:
-                self._idle.set()
 
     @contextlib.contextmanager
     def quiesced(self, timeout_s: float = QUIESCE_TIMEOUT_S):
@@ -134,8 +144,13 @@ class VdiExport:
             finally:
                 self._open.set()
 
+    def _follow(self) -> None:
+        if self.moved and self.writer is None:
+            self._provider.follow_working(self)
+
     def read(self, offset: int, length: int) -> bytes:
         self._check()
+        self._follow()
         return self.volume.read(offset, length)
 
     def write(self, offset: int, data, fua: bool = False) -> None:
@@ -150,6 +165,7 @@ class VdiExport:
         if self.handed_over:
             return
         if self.writer is None:
+            self._follow()
             self.volume.flush()
             return
         self._flush_writer()
@@ -168,11 +184,16 @@ class VdiExport:
 
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         self._check()
+        self._follow()
         return [(n, HOLE | ZERO if hole else 0)
                 for n, hole in self.volume.block_status(offset, length)]
 
     def may_hand_over(self, policy: HandoffPolicy) -> bool:
-        return (self.writer is not None and self.writer.clean and self._idle.is_set()
+        """Quiescent and clean: holding the right, nothing arriving or in flight, every
+        finished mutation flushed, idle for the policy's time.  (A mutation that failed
+        counts too once flushed: the lock is then given back unclean and the next holder
+        resyncs what it may have left apart.)"""
+        return (self.writer is not None and self._arriving == 0 and self._idle.is_set()
                 and self.state.may_hand_over(policy))
 
     def close(self) -> None:
@@ -191,8 +212,9 @@ class VdiExportProvider:
         self.policy = policy
         self.server = None                  # the NbdServer, set by the daemon
         self._attached: dict[int, VdiExport] = {}   # vid -> the export holding its lock
+        self._working: set[VdiExport] = set()       # every attached working export here
         self._request_watches: dict[int, object] = {}
-        self._serving: set[int] = set()             # vids whose hand-off loop runs
+        self._serving: set[int] = set()             # ids of watches whose loop runs
 
     @property
     def reclaimer(self):
@@ -233,61 +255,135 @@ class VdiExportProvider:
         if self.attachments is not None:
             export.attachment = self.attachments.attach(entry["vid"], self.node_id,
                                                         client_addr)
+        self._working.add(export)
+        self._watch_entry(export)
         log.info("vdi=%s vid=%06x attached by %s", entry["name"], entry["vid"], client_addr)
         return export
+
+    # -- following the working vid (a snapshot moves it) ----------------------------------
+    def _watch_entry(self, export: VdiExport) -> None:
+        def changed(vid: int) -> None:
+            if export.closed or export.entry["vid"] != vid:
+                return
+            export.moved = True
+            if export.writer is None:
+                self._quietly(self.follow_working, export)
+        self._quietly(self.vdis.catalog.watch, export.entry["vid"], changed)
+
+    def follow_working(self, export: VdiExport) -> None:
+        """A connection without the write right: after a snapshot moved the VDI to a new
+        working vid, read (and be attached to) that one."""
+        if not export.moved or export.writer is not None or export.closed:
+            return
+        export.moved = False
+        entry = self.vdis.working(export.entry["name"])
+        if entry["vid"] != export.entry["vid"]:
+            volume = self.vdis.open_volume(entry)
+            volume.follow = True
+            self._move_attachment(export, entry["vid"])
+            export.entry, export.volume = entry, volume
+            log.info("vdi=%s: %s now follows vid=%06x", entry["name"], export.client,
+                     entry["vid"])
+        self._watch_entry(export)
+
+    def _move_attachment(self, export: VdiExport, vid: int) -> None:
+        if self.attachments is None or export.attachment is None:
+            return
+        old, export.attachment = export.attachment, self.attachments.attach(
+            vid, self.node_id, export.client)
+        self._quietly(self.attachments.detach, old)
+
+    def reattach(self) -> None:
+        """After a new ZooKeeper session: the attachments went with the old one."""
+        if self.attachments is None:
+            return
+        for export in list(self._working):
+            if not export.closed:
+                try:
+                    export.attachment = self.attachments.attach(
+                        export.entry["vid"], self.node_id, export.client)
+                except Exception as exc:
+                    log.warning("vdi=%s: attachment of %s not re-created: %s",
+                                export.entry["name"], export.client, exc)
 
     # -- the write right --------------------------------------------------------------
     def take_write_right(self, export: VdiExport) -> None:
         """Make ``export`` the VDI's writer: take the lock, asking its holder to hand it
-        over (and waiting up to the policy's timeout) when another connection has it."""
-        with export._taking:
-            if export.writer is not None:
-                return                  # a concurrent first write took it meanwhile
-            name = export.entry["name"]
-            deadline = time.monotonic() + self.policy.timeout_s
-            request = None
-            try:
-                while True:
-                    export._check()
-                    entry = self.vdis.working(name)     # a snapshot may have moved it on
-                    try:
-                        writer = self.vdis.take(entry, export.client)
-                        break
-                    except Locked as exc:
-                        if self.attachments is None:
-                            raise
-                        if request is None:
-                            request = self.attachments.request_handoff(
-                                entry["vid"], self.node_id, export.client)
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            raise Unavailable(
-                                f"VDI '{name}' is being written by another attachment that "
-                                f"did not become quiescent and clean (every write flushed) "
-                                f"within {self.policy.timeout_s:.0f}s: {exc.message}",
-                                vid=entry["vid"]) from None
-                        self.locks.wait_released(entry["vid"], min(remaining, 1.0))
-            finally:
-                if request is not None:
+        over (and waiting up to the policy's timeout) when another connection has it.
+        Mutations queued behind one that waits share its deadline."""
+        export.waiting += 1
+        if export.taking_since is None:
+            export.taking_since = time.monotonic()
+        try:
+            with export._taking:
+                if export.writer is not None:
+                    return              # a mutation queued before us took it meanwhile
+                export._check_write_right()
+                self._take(export, export.taking_since + self.policy.timeout_s)
+        finally:
+            export.waiting -= 1
+            if export.waiting == 0:
+                export.taking_since = None
+
+    def _take(self, export: VdiExport, deadline: float) -> None:
+        name = export.entry["name"]
+        request = request_vid = None
+        try:
+            while True:
+                export._check()
+                entry = self.vdis.working(name)         # a snapshot may have moved it on
+                if request is not None and request_vid != entry["vid"]:
                     self._quietly(self.attachments.withdraw, request)
-            try:
-                volume = self.vdis.open_volume(entry, gateway=writer)  # the inode, again
-            except BaseException:
-                self.vdis.give_back(writer)
-                raise
-            export.writer, export.volume, export.entry = writer, volume, entry
-            export.state = WriteState()
-            self._holding(export)
-            log.info("vdi=%s vid=%06x write right taken by %s (generation %d)", name,
-                     entry["vid"], export.client, writer.generation)
+                    request = None
+                try:
+                    writer = self.vdis.take(entry, export.client)
+                except Locked as exc:
+                    if self.attachments is None:
+                        raise
+                    if request is None:
+                        request, request_vid = self.attachments.request_handoff(
+                            entry["vid"], self.node_id, export.client), entry["vid"]
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise Unavailable(
+                            f"VDI '{name}' is being written by another attachment that did "
+                            f"not become quiescent and clean (every write flushed) within "
+                            f"{self.policy.timeout_s:.0f}s: {exc.message}",
+                            vid=entry["vid"]) from None
+                    self.locks.wait_released(entry["vid"], min(remaining, 1.0))
+                    continue
+                if self.vdis.working(name)["vid"] == entry["vid"]:
+                    break
+                self.vdis.give_back(writer)             # a snapshot flipped it: again
+        finally:
+            if request is not None:
+                self._quietly(self.attachments.withdraw, request)
+        try:
+            volume = self.vdis.open_volume(entry, gateway=writer)  # the inode, again
+        except BaseException:
+            self.vdis.give_back(writer)
+            raise
+        moved = entry["vid"] != export.entry["vid"]
+        if moved:
+            self._quietly(self._move_attachment, export, entry["vid"])
+        export.writer, export.volume, export.entry = writer, volume, entry
+        if moved:
+            export.moved = False
+            self._watch_entry(export)
+        self._holding(export)
+        log.info("vdi=%s vid=%06x write right taken by %s (generation %d)", name,
+                 entry["vid"], export.client, writer.generation)
 
     def _holding(self, export: VdiExport) -> None:
         vid = export.entry["vid"]
         self._attached[vid] = export
         self.locks.watch(vid, lambda gone, e=export: self._revoke(e, gone))
         if self.attachments is not None:
-            self._request_watches[vid] = self.attachments.watch_requests(
-                vid, lambda watch, v=vid: self._on_requests(v, watch))
+            try:
+                self._request_watches[vid] = self.attachments.watch_requests(
+                    vid, lambda watch, v=vid: self._on_requests(v, watch))
+            except Exception as exc:    # writers that ask will time out; nothing is lost
+                log.warning("vid=%06x: no watch on hand-off requests: %s", vid, exc)
 
     def _not_holding(self, vid: int) -> None:
         self._attached.pop(vid, None)
@@ -296,13 +392,13 @@ class VdiExportProvider:
             watch.cancel()
 
     def _on_requests(self, vid: int, watch) -> None:
-        if watch.cancelled or not watch.requests or vid in self._serving:
+        if watch.cancelled or not watch.requests or id(watch) in self._serving:
             return
-        self._serving.add(vid)
+        self._serving.add(id(watch))
         try:
             self._serve_handoff(vid, watch)
         finally:
-            self._serving.discard(vid)
+            self._serving.discard(id(watch))
 
     def _serve_handoff(self, vid: int, watch) -> None:
         """Someone waits for the write right: hand it over as soon as the holder is
@@ -315,23 +411,44 @@ class VdiExportProvider:
                 with export._snapshotting:          # no live snapshot meanwhile
                     export._open.clear()            # hold new writes at the barrier
                     try:
-                        if export.may_hand_over(self.policy):
-                            self._hand_over(export)
+                        if (not watch.cancelled and export.may_hand_over(self.policy)
+                                and self._asked_by_another(vid, export)
+                                and export.may_hand_over(self.policy)
+                                and self._hand_over(export)):
                             return
                     finally:
                         export._open.set()
             gevent.sleep(export.state.wait_before_asking_again(self.policy))
 
-    def _hand_over(self, export: VdiExport) -> None:
+    def _asked_by_another(self, vid: int, export: VdiExport) -> bool:
+        """Does a connection other than the holder still wait (read again, not the count
+        a watch saw: an asker may have given up meanwhile)?"""
+        try:
+            requests = self.attachments.requests(vid)
+        except Exception:
+            return False
+        return any((r.get("node_id"), r.get("client")) != (self.node_id, export.client)
+                   for r in requests)
+
+    def _hand_over(self, export: VdiExport) -> bool:
         vid, writer = export.entry["vid"], export.writer
+        export.handing_over = True          # the lock watch firing now is no revocation
+        try:
+            self.vdis.give_back(writer)     # clean unless a mutation of it failed
+        except Exception as exc:
+            export.handing_over = False
+            log.warning("vdi=%s vid=%06x hand-off failed, still the writer: %s",
+                        export.entry["name"], vid, exc)
+            return False
         self._not_holding(vid)
         export.handed_over = True
         export.writer = None
         export.volume.follow = True         # the new holder changes the map from now on
-        self.vdis.give_back(writer, clean=True)
+        export.handing_over = False
         log.warning("vdi=%s vid=%06x write right handed over by %s (generation %d): its "
                     "writes now fail with EPERM", export.entry["name"], vid, export.client,
                     writer.generation)
+        return True
 
     def live_snapshot(self, vid: int, tag: str, freeze):
         """Snapshot the VDI ``vid`` whose lock an export here holds; None when none does.
@@ -342,31 +459,38 @@ class VdiExportProvider:
         export = self._attached.get(vid)
         if export is None:
             return None
-        with export.quiesced():
-            if export.closed or export.revoked or export.writer is None \
-                    or export.entry["vid"] != vid:
-                return None         # detached or already moved on: the caller looks again
-            volume = export.volume
-            objmap = volume.objmap.copy()
-            taken: list = []
+        old_writer = None
+        try:
+            with export.quiesced():
+                if export.closed or export.revoked or export.writer is None \
+                        or export.entry["vid"] != vid:
+                    return None     # detached or already moved on: the caller looks again
+                volume = export.volume
+                objmap = volume.objmap.copy()
+                taken: list = []
 
-            def lock_new(new: dict) -> None:
-                taken.append(self.vdis.take(new, export.client))
-            try:
-                result = freeze(export.entry, tag, objmap, before_flip=lock_new)
-            except BaseException:
-                for writer in taken:
-                    self.vdis.give_back(writer)
-                raise
-            new = result["working"]
-            old_writer, export.writer = export.writer, taken[0]
-            export.volume = Volume(new["vid"], volume.size, volume.object_size, volume.copies,
-                                   export.writer, objmap, readonly=False)
-            export.entry = new
-            self._not_holding(vid)
-            # the old lock's watch fires on release; _revoke ignores it (the export moved on)
-            self._holding(export)
-        self.vdis.give_back(old_writer)
+                def lock_new(new: dict) -> None:
+                    taken.append(self.vdis.take(new, export.client))
+                try:
+                    result = freeze(export.entry, tag, objmap, before_flip=lock_new)
+                except BaseException:
+                    for writer in taken:
+                        self.vdis.give_back(writer)
+                    raise
+                new = result["working"]
+                old_writer, export.writer = export.writer, taken[0]
+                export.volume = Volume(new["vid"], volume.size, volume.object_size,
+                                       volume.copies, export.writer, objmap, readonly=False)
+                export.entry = new
+                export.moved = False
+                self._not_holding(vid)
+                # the old lock's watch fires on release; _revoke ignores it (moved on)
+                self._holding(export)
+                self._quietly(self._move_attachment, export, new["vid"])
+                self._watch_entry(export)
+        finally:
+            if old_writer is not None:
+                self.vdis.give_back(old_writer)
         if export.closed:           # the client left during the snapshot
             self._not_holding(new["vid"])
             self.vdis.give_back(export.writer)
@@ -381,8 +505,8 @@ class VdiExportProvider:
     def _revoke(self, export: VdiExport, vid: int | None = None) -> None:
         if vid is not None and export.entry["vid"] != vid:
             return  # the lock of a vid this export left behind (live snapshot)
-        if self._attached.get(export.entry["vid"]) is not export:
-            return  # already detached normally, or handed over
+        if self._attached.get(export.entry["vid"]) is not export or export.handing_over:
+            return  # already detached normally, or being handed over
         self._not_holding(export.entry["vid"])
         export.revoked = True
         log.warning("vdi=%s lock gone: dropping its NBD client %s", export.entry["name"],
@@ -394,6 +518,7 @@ class VdiExportProvider:
         export.closed = True
         if not export.working:
             return
+        self._working.discard(export)
         vid = export.entry["vid"]
         if self._attached.get(vid) is export:
             self._not_holding(vid)

@@ -270,7 +270,8 @@ class VdiService:
         """Delete the working VDI of ``name``; objects its snapshots or clones share stay."""
         entry = self.working(name)
         self.refuse_if_locked(entry, "delete")
-        with self.taken(entry, "delete"):     # no attach can slip in while we delete
+        with self.taken(entry, "delete"):     # no write can slip in while we delete
+            self.refuse_if_attached(entry, "delete")
             self.mark_deleted(entry)
         log.info("vdi=%s vid=%06x deleted", name, entry["vid"])
         self.reclaimer.run()
@@ -299,6 +300,11 @@ class VdiService:
             raise Locked(f"cannot {what} VDI '{entry['name']}': it is attached by node "
                          f"{lock.get('node_id')} (client {lock.get('client')})",
                          holder=lock.get("node_id"))
+        self.refuse_if_attached(entry, what)
+
+    def refuse_if_attached(self, entry: dict, what: str = "change") -> None:
+        """Locked when any NBD connection has the VDI attached (with the write right or
+        not); call it again with the lock held: attaching does not take the lock."""
         attached = self.attachments.of(entry["vid"]) if self.attachments is not None else []
         if attached:
             first = attached[0]

@@ -214,6 +214,8 @@ class SnapshotService:
                 raise Locked(f"cannot roll back VDI '{name}': it is attached ({exc.message})",
                              holder=exc.data.get("holder")) from None
         try:
+            if working is not None:
+                self.vdis.refuse_if_attached(working, "roll back")  # again, with the lock
             objmap = self.vdis.read_map(snap)
             fields = {
                 "name": name, "size": snap["size"], "copies": snap["copies"],

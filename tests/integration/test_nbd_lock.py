@@ -104,6 +104,32 @@ def test_many_attach_and_read_one_writes_and_the_right_moves_only_when_clean(clu
     wait_unlocked(a, "shared")
 
 
+def test_a_standby_follows_the_vdi_through_a_live_snapshot(cluster):
+    a, b, c = cluster.sheep
+    create_vdi(a, "snapped", 16 * MiB)
+    with NbdSession(a, "snapped") as holder, NbdSession(b, "snapped") as standby:
+        holder.must("connect")
+        standby.must("connect")
+        holder.must("pwrite", offset=0, length=4096, byte=0x21)
+        collie(c, "vdi", "snapshot", "-s", "before", "snapped")     # live: the holder moves
+        holder.must("pwrite", offset=4096, length=4096, byte=0x22)
+        holder.must("pwrite", offset=8 * MiB, length=4096, byte=0x23)
+        # the standby reads the working VDI (its new vid), not the snapshot it was on
+        poll(lambda: standby.must("pread", offset=8 * MiB, length=4096)["bytes"] == [0x23],
+             10, "the standby to follow the new working vid")
+        assert standby.must("pread", offset=0, length=8192)["bytes"] == [0x21, 0x22]
+        working = entry_json(collie(c, "vdi", "lock", "list", "--json"))["locks"]
+        assert [(lk["name"], len(lk["attachments"])) for lk in working] == [("snapped", 2)]
+        # and its write asks the holder of the new vid: handed over once that one flushed
+        holder.must("flush")
+        standby.must("pwrite", offset=12 * MiB, length=4096, byte=0x24)
+        assert locks(c)["snapped"]["node_id"] == b.node_id
+    wait_detached(c, "snapped")
+    run("qemu-io", "-r", "-f", "raw", uri(c, "snapped@before"), "-c", "read -P 0x21 0 4096",
+        "-c", "read -P 0 4096 4096")
+    qemu_io(c, "snapped", "read -P 0x22 4096 4096", f"read -P 0x24 {12 * MiB} 4096")
+
+
 def test_a_reader_never_takes_the_write_right(cluster):
     a, b, _ = cluster.sheep
     create_vdi(a, "readers", 8 * MiB)
