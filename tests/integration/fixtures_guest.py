@@ -1,11 +1,46 @@
-"""Real guests for the tests: Debian's kernel and a busybox initramfs (`tests.guest`)."""
+"""VMs for the tests: hypervisor-like clusters, bare qemu processes, and real guests
+(Debian's kernel and a busybox initramfs, `tests.guest`)."""
 from __future__ import annotations
 
 import pytest
 
 from tests.guest.build import GuestImage, build
-from tests.integration.fixtures_cluster import poll
+from tests.integration.fixtures_cluster import node_epoch, poll
 from tests.integration.qemu_vm import QEMU, Qemu
+
+HANDOFF_TIMEOUT_S = 3       # the hypervisors' --handoff-timeout
+
+
+@pytest.fixture
+def hypervisors(cluster_factory):
+    """Three storage sheep (copies 3) and two gateway sheep, one per "hypervisor"."""
+    if QEMU is None:
+        pytest.skip("qemu-system-x86 not installed")
+    c = cluster_factory(3, copies=3, sheep_args=[
+        "--handoff-idle", "0.2", "--handoff-timeout", str(HANDOFF_TIMEOUT_S)])
+    gateways = [c.add_node(gateway=True) for _ in range(2)]
+    for g in gateways:
+        g.start()
+    for g in gateways:
+        g.wait_ready()
+    poll(lambda: all(g.running() and node_epoch(g) == 1 for g in gateways), 30,
+         "the gateways at epoch 1")
+    return c, gateways
+
+
+@pytest.fixture
+def vms(tmp_path):
+    """``vms(name, nbd_uri, **Qemu options)`` starts a qemu (no guest OS); all are stopped
+    at the end of the test."""
+    started: list[Qemu] = []
+
+    def start(name: str, nbd: str, **kw) -> Qemu:
+        vm = Qemu(tmp_path / "vms", name, nbd, **kw)
+        started.append(vm)
+        return vm.start()
+    yield start
+    for vm in started:
+        vm.stop()
 
 
 @pytest.fixture(scope="session")

@@ -11,24 +11,9 @@ from __future__ import annotations
 import signal
 import subprocess
 
-from tests.integration.fixtures_cluster import node_epoch, poll
+from tests.integration.fixtures_cluster import poll
 from tests.integration.fixtures_nbd import MiB, create_vdi, uri
 from tests.integration.qemu_vm import free_port
-
-import pytest
-
-
-@pytest.fixture
-def hypervisors(cluster_factory):
-    """Three storage sheep (copies 3) and two gateway sheep, one per "hypervisor"."""
-    c = cluster_factory(3, copies=3, sheep_args=["--handoff-idle", "0.2"])
-    gateways = [c.add_node(gateway=True) for _ in range(2)]
-    for g in gateways:
-        g.start()
-    for g in gateways:
-        g.wait_ready()
-    poll(lambda: all(node_epoch(g) == 1 for g in gateways), 30, "the gateways at epoch 1")
-    return c, gateways
 
 
 def test_raw_writes_read_back_on_a_fresh_boot_through_another_gateway(hypervisors, guests):

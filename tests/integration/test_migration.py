@@ -12,40 +12,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.fixtures_cluster import node_epoch, poll
+from tests.integration.fixtures_cluster import poll
 from tests.integration.fixtures_nbd import MiB, attached, create_vdi, locks, run, uri
 from tests.integration.qemu_vm import QEMU, Qemu, free_port
 
-HANDOFF_TIMEOUT_S = 3
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86 not installed")
-
-
-@pytest.fixture
-def hypervisors(cluster_factory):
-    """Three storage sheep (copies 3) and two gateway sheep, one per "hypervisor"."""
-    c = cluster_factory(3, copies=3, sheep_args=[
-        "--handoff-idle", "0.2", "--handoff-timeout", str(HANDOFF_TIMEOUT_S)])
-    gateways = [c.add_node(gateway=True) for _ in range(2)]
-    for g in gateways:
-        g.start()
-    for g in gateways:
-        g.wait_ready()
-    poll(lambda: all(g.running() and node_epoch(g) == 1 for g in gateways), 30,
-         "the gateways at epoch 1")
-    return c, gateways
-
-
-@pytest.fixture
-def vms(tmp_path):
-    started: list[Qemu] = []
-
-    def start(name: str, nbd: str, **kw) -> Qemu:
-        vm = Qemu(tmp_path / "vms", name, nbd, **kw)
-        started.append(vm)
-        return vm.start()
-    yield start
-    for vm in started:
-        vm.stop()
 
 
 def check(node, name: str, *cmds: str) -> None:
@@ -55,6 +26,13 @@ def check(node, name: str, *cmds: str) -> None:
 
 def wrote(output: str) -> bool:
     return "wrote " in output and "failed" not in output
+
+
+def start_slow_migration(src: Qemu, port: int) -> None:
+    """A migration slowed to a crawl (1 KiB/s), seen running."""
+    src.qmp("migrate-set-parameters", **{"max-bandwidth": 1024})
+    src.qmp("migrate", uri=f"tcp:127.0.0.1:{port}")
+    poll(lambda: src.migration().get("status") == "active", 30, "the migration to start")
 
 
 def migrate(src: Qemu, port: int) -> None:
@@ -137,9 +115,7 @@ def test_migrate_cancel_leaves_the_source_the_writer(hypervisors, vms):
     dst = vms("dst", uri(g2, "cancel"), incoming=port)
 
     # a migration slowed to a crawl, cancelled midway
-    src.qmp("migrate-set-parameters", **{"max-bandwidth": 1024})
-    src.qmp("migrate", uri=f"tcp:127.0.0.1:{port}")
-    poll(lambda: src.migration().get("status") == "active", 30, "the migration to start")
+    start_slow_migration(src, port)
     src.qmp("migrate_cancel")
     poll(lambda: src.migration().get("status") == "cancelled", 30, "the cancel")
     assert src.status() == "running"
@@ -161,9 +137,7 @@ def test_kill_9_of_either_side_leaves_the_vdi_consistent_and_attachable(hypervis
     assert wrote(src.qemu_io("write -P 0x41 0 64k"))
     port = free_port()
     dst = vms("dst", uri(g2, "k9"), incoming=port)
-    src.qmp("migrate-set-parameters", **{"max-bandwidth": 1024})
-    src.qmp("migrate", uri=f"tcp:127.0.0.1:{port}")
-    poll(lambda: src.migration().get("status") == "active", 30, "the migration to start")
+    start_slow_migration(src, port)
     src.kill()
     dst.stop()
     poll(lambda: "k9" not in locks(c.sheep[0]), 15, "the dead source's right to go")

@@ -12,34 +12,11 @@ import threading
 
 import pytest
 
-from tests.integration.fixtures_cluster import node_epoch, poll, wait_epoch
+from tests.integration.fixtures_cluster import poll, wait_epoch
 from tests.integration.fixtures_nbd import MiB, create_vdi, locks, run, store, uri
 from tests.integration.qemu_vm import QEMU, Qemu
 
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86 not installed")
-
-
-@pytest.fixture
-def cluster(cluster_factory):
-    c = cluster_factory(3, copies=3)
-    g = c.add_node(gateway=True)
-    g.start()
-    g.wait_ready()
-    poll(lambda: node_epoch(g) == 1, 30, "the gateway at epoch 1")
-    return c, g
-
-
-@pytest.fixture
-def vm(tmp_path):
-    started: list[Qemu] = []
-
-    def start(name: str, nbd: str, **kw) -> Qemu:
-        v = Qemu(tmp_path / "vms", name, nbd, **kw)
-        started.append(v)
-        return v.start()
-    yield start
-    for v in started:
-        v.stop()
 
 
 def wrote(output: str) -> bool:
@@ -67,10 +44,10 @@ class Background:
         return self.output
 
 
-def test_restarting_the_gateway_under_a_running_vm_pauses_it_and_loses_nothing(cluster, vm):
-    c, g = cluster
+def test_restarting_the_gateway_under_a_running_vm_pauses_it_and_loses_nothing(hypervisors, vms):
+    c, (g, _) = hypervisors
     create_vdi(c.sheep[0], "vm", 32 * MiB)
-    guest = vm("guest", uri(g, "vm"), reconnect_delay=30)
+    guest = vms("guest", uri(g, "vm"), reconnect_delay=30)
     assert wrote(guest.qemu_io("write -P 0x51 0 1M"))          # not flushed yet
     assert locks(c.sheep[0])["vm"]["node_id"] == g.node_id
 
@@ -92,10 +69,10 @@ def test_restarting_the_gateway_under_a_running_vm_pauses_it_and_loses_nothing(c
     assert guest.quit() == 0
 
 
-def test_a_storage_node_killed_under_a_running_vm_costs_a_pause_not_an_error(cluster, vm):
-    c, g = cluster
+def test_a_storage_node_killed_under_a_running_vm_costs_a_pause_not_an_error(hypervisors, vms):
+    c, (g, _) = hypervisors
     create_vdi(c.sheep[0], "vm2", 32 * MiB)
-    guest = vm("guest", uri(g, "vm2"), reconnect_delay=30)
+    guest = vms("guest", uri(g, "vm2"), reconnect_delay=30)
     assert wrote(guest.qemu_io("write -P 0x61 0 1M"))
     c.sheep[2].kill()
     # writes and reads go on (waiting for the next epoch where a replica is gone)
