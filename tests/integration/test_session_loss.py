@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import signal
 
-from tests.integration.fixtures_cluster import api_json, poll, wait_epoch
-from tests.integration.fixtures_nbd import MiB, NbdSession, create_vdi, locks
+from tests.integration.fixtures_cluster import api_json, collie, poll, wait_epoch
+from tests.integration.fixtures_nbd import MiB, NbdSession, attached, create_vdi, locks
 
 
 def test_client_of_a_node_whose_session_expired_cannot_write(cluster_factory):
@@ -51,3 +51,26 @@ def test_client_of_a_node_whose_session_expired_cannot_write(cluster_factory):
             assert reader.must("pread", offset=0, length=4096)["bytes"] == [0x22]
             assert reader.must("pread", offset=4096, length=4096)["bytes"] == [0]
             reader.must("close")
+
+
+def test_a_standbys_attachment_comes_back_with_its_nodes_new_session(cluster_factory):
+    c = cluster_factory(3, copies=3)
+    a, b, node = c.sheep
+    create_vdi(a, "seen", 8 * MiB)
+    with NbdSession(node, "seen") as reader:
+        reader.must("connect")              # attached, never writes
+        poll(lambda: "seen" in attached(a), 10, "the attachment")
+
+        # its node freezes past the session timeout: the attachment goes with the session
+        node.signal(signal.SIGSTOP)
+        try:
+            wait_epoch([a, b], 2)
+            poll(lambda: "seen" not in attached(a), 30, "the expired attachment to go")
+        finally:
+            node.signal(signal.SIGCONT)
+
+        # back with a new session, the node registers the connection again: delete refuses
+        poll(lambda: "seen" in attached(a), 30, "the attachment re-created")
+        refused = collie(a, "vdi", "delete", "seen", check=False)
+        assert refused.returncode == 1 and b"attached" in refused.stderr
+        assert reader.must("pread", offset=0, length=4096)["bytes"] == [0]
