@@ -30,17 +30,6 @@ from coordinator.layout import Layout, decode, encode, parse_vid
 log = logging.getLogger(__name__)
 
 
-class RequestWatch:
-    """A holder's watch on the hand-off requests of one VDI; ``cancel()`` ends it."""
-
-    def __init__(self) -> None:
-        self.cancelled = False
-        self.requests = 0
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
 class Attachments:
     def __init__(self, client, cluster: str) -> None:
         self._client = client
@@ -99,24 +88,19 @@ class Attachments:
     def requests(self, vid: int) -> list[dict]:
         return self._children(self._layout.handoffs_of(vid))
 
-    def watch_requests(self, vid: int, on_change) -> RequestWatch:
-        """Call ``on_change(watch)`` in a new greenlet whenever the number of hand-off
-        requests for ``vid`` changes (and once at the start), until ``cancel()``;
-        ``watch.requests`` is the number of waiting writers."""
-        watch = RequestWatch()
+    def watch_requests(self, vid: int, on_change) -> None:
+        """Call ``on_change(vid, n)`` in a new greenlet with the number ``n`` of hand-off
+        requests for ``vid``: once now, then whenever it changes, for the life of the
+        session (one watch per vid: its caller dispatches to whoever holds it then)."""
         path = self._layout.handoffs_of(vid)
         handler = self._client.handler
         with zk_unavailable("hand-off watch"):
             self._client.ensure_path(path)
 
             def changed(children):
-                if watch.cancelled:
-                    return False
-                watch.requests = len(children)
-                handler.spawn(on_change, watch)
+                handler.spawn(on_change, vid, len(children))
                 return True
             self._client.ChildrenWatch(path, changed)
-        return watch
 
     # -- helpers ------------------------------------------------------------------------
     def _children(self, parent: str) -> list[dict]:

@@ -212,8 +212,9 @@ class VdiExportProvider(WriteRightMixin):
         self.server = None                  # the NbdServer, set by the daemon
         self._attached: dict[int, VdiExport] = {}   # vid -> the export holding its lock
         self._working: set[VdiExport] = set()       # every attached working export here
-        self._request_watches: dict[int, object] = {}
-        self._serving: set[int] = set()             # ids of watches whose loop runs
+        self._request_counts: dict[int, int] = {}   # vid -> writers waiting (watched vids)
+        self._serving: set[int] = set()             # vids whose hand-off loop runs
+        self._followers: dict[int, set] = {}        # vid -> exports told when its entry changes
 
     @property
     def reclaimer(self):
@@ -261,13 +262,28 @@ class VdiExportProvider(WriteRightMixin):
 
     # -- following the working vid (a snapshot moves it) ----------------------------------
     def _watch_entry(self, export: VdiExport) -> None:
-        def changed(vid: int) -> None:
-            if export.closed or export.entry["vid"] != vid:
+        """Tell ``export`` when its catalog entry changes (one watch per vid at a time)."""
+        vid = export.entry["vid"]
+        followers = self._followers.get(vid)
+        if followers is None:
+            followers = self._followers[vid] = set()
+            try:
+                self.vdis.catalog.watch(vid, self._entry_changed)
+            except Exception as exc:
+                del self._followers[vid]
+                log.info("vid=%06x: no catalog watch: %s", vid, exc)
                 return
+        followers.add(export)
+
+    def _entry_changed(self, vid: int) -> None:
+        for export in self._followers.pop(vid, ()):
+            if export.closed or export.entry["vid"] != vid:
+                continue
             export.moved = True
             if export.writer is None:
                 self._quietly(self.follow_working, export)
-        self._quietly(self.vdis.catalog.watch, export.entry["vid"], changed)
+            else:
+                self._watch_entry(export)   # a holder: its live snapshot moves it
 
     def follow_working(self, export: VdiExport) -> None:
         """A connection without the write right: after a snapshot moved the VDI to a new
@@ -374,6 +390,7 @@ class VdiExportProvider(WriteRightMixin):
         if not export.working:
             return
         self._working.discard(export)
+        self._followers.get(export.entry["vid"], set()).discard(export)
         vid = export.entry["vid"]
         if self._attached.get(vid) is export:
             self._not_holding(vid)

@@ -7,8 +7,9 @@ waits, it hands the lock over as soon as its export is quiescent and clean
 (`sheep.volumes.handoff`), with the export's write barrier closed so that nothing slips in
 between the check and the release.  The provider using it has ``vdis``, ``locks``,
 ``attachments``, ``policy``, ``node_id``, ``_attached`` (vid -> holding export),
-``_request_watches``, ``_serving``, and ``_revoke``, ``_watch_entry``, ``_move_attachment``,
-``_quietly``.
+``_request_counts`` (vid -> waiting writers, for every vid watched), ``_serving``, and
+``_revoke``, ``_watch_entry``, ``_move_attachment``, ``_quietly``.  One watch on the
+requests of a vid serves every holder of it here, for the life of the daemon.
 """
 from __future__ import annotations
 
@@ -98,32 +99,32 @@ class WriteRightMixin:
         vid = export.entry["vid"]
         self._attached[vid] = export
         self.locks.watch(vid, lambda gone, e=export: self._revoke(e, gone))
-        if self.attachments is not None:
+        if self.attachments is not None and vid not in self._request_counts:
             try:
-                self._request_watches[vid] = self.attachments.watch_requests(
-                    vid, lambda watch, v=vid: self._on_requests(v, watch))
+                self.attachments.watch_requests(vid, self._on_requests)
+                self._request_counts.setdefault(vid, 0)
             except Exception as exc:    # writers that ask will time out; nothing is lost
                 log.warning("vid=%06x: no watch on hand-off requests: %s", vid, exc)
+        elif self._request_counts.get(vid):
+            gevent.spawn(self._on_requests, vid, self._request_counts[vid])
 
     def _not_holding(self, vid: int) -> None:
         self._attached.pop(vid, None)
-        watch = self._request_watches.pop(vid, None)
-        if watch is not None:
-            watch.cancel()
 
-    def _on_requests(self, vid: int, watch) -> None:
-        if watch.cancelled or not watch.requests or id(watch) in self._serving:
+    def _on_requests(self, vid: int, waiting: int) -> None:
+        self._request_counts[vid] = waiting
+        if not waiting or vid in self._serving:
             return
-        self._serving.add(id(watch))
+        self._serving.add(vid)
         try:
-            self._serve_handoff(vid, watch)
+            self._serve_handoff(vid)
         finally:
-            self._serving.discard(id(watch))
+            self._serving.discard(vid)
 
-    def _serve_handoff(self, vid: int, watch) -> None:
+    def _serve_handoff(self, vid: int) -> None:
         """Someone waits for the write right: hand it over as soon as the holder is
         quiescent and clean and has been so for the policy's idle time."""
-        while not watch.cancelled and watch.requests:
+        while self._request_counts.get(vid):
             export = self._attached.get(vid)
             if export is None or export.closed or export.revoked:
                 return
@@ -131,7 +132,8 @@ class WriteRightMixin:
                 with export._snapshotting:          # no live snapshot meanwhile
                     export._open.clear()            # hold new writes at the barrier
                     try:
-                        if (not watch.cancelled and export.may_hand_over(self.policy)
+                        if (self._attached.get(vid) is export
+                                and export.may_hand_over(self.policy)
                                 and self._asked_by_another(vid, export)
                                 and export.may_hand_over(self.policy)
                                 and self._hand_over(export)):

@@ -63,6 +63,11 @@ def locks(node) -> dict:
     return {lk["name"]: lk for lk in api_json(node, "/locks")["locks"]}
 
 
+def check_reads(node, name: str, *cmds: str) -> None:
+    """Read-only qemu-io through ``node``: every ``read -P`` must match."""
+    run("qemu-io", "-r", "-f", "raw", *[a for c in cmds for a in ("-c", c)], uri(node, name))
+
+
 def attached(node) -> set[str]:
     """Names of the VDIs some NBD connection has attached (holding the write right or not)."""
     answer = api_json(node, "/locks")

@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.integration.fixtures_cluster import poll
+
 QEMU = shutil.which("qemu-system-x86_64")
 STDBUF = ["stdbuf", "-oL", "-eL"] if shutil.which("stdbuf") else []
 
@@ -175,6 +177,28 @@ class Qemu:
 
     def migration(self) -> dict:
         return self.qmp("query-migrate")
+
+
+def wrote(output: str) -> bool:
+    """HMP qemu-io output of a write that succeeded."""
+    return "wrote " in output and "failed" not in output and "error" not in output
+
+
+def start_slow_migration(src: Qemu, port: int) -> None:
+    """A migration slowed to a crawl (1 KiB/s), seen running."""
+    src.qmp("migrate-set-parameters", **{"max-bandwidth": 1024})
+    src.qmp("migrate", uri=f"tcp:127.0.0.1:{port}")
+    poll(lambda: src.migration().get("status") == "active", 30, "the migration to start")
+
+
+def migrate(src: Qemu, dst: Qemu, port: int) -> None:
+    """Migrate and wait until the destination runs (the source reports "completed" a
+    moment before the destination has loaded the last of the state and resumed)."""
+    src.qmp("migrate", uri=f"tcp:127.0.0.1:{port}")
+    poll(lambda: src.migration().get("status") in ("completed", "failed"), 60,
+         "the migration to end")
+    assert src.migration()["status"] == "completed", src.migration()
+    poll(lambda: dst.status() == "running", 30, "the destination to run")
 
 
 def _split_nbd_uri(nbd_uri: str) -> tuple[str, int, str]:

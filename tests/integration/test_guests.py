@@ -13,7 +13,7 @@ import subprocess
 
 from tests.integration.fixtures_cluster import poll
 from tests.integration.fixtures_nbd import MiB, create_vdi, uri
-from tests.integration.qemu_vm import free_port
+from tests.integration.qemu_vm import free_port, migrate
 
 
 def test_raw_writes_read_back_on_a_fresh_boot_through_another_gateway(hypervisors, guests):
@@ -44,9 +44,7 @@ def test_a_guest_writing_while_it_is_live_migrated_never_sees_an_error(hyperviso
     port = free_port()
     dst = guests("dst", uri(g2, "live"), "loop", incoming=port, **opts)
     src.wait_for("GUEST: progress 10")
-    src.qmp("migrate", uri=f"tcp:127.0.0.1:{port}")
-    poll(lambda: src.migration().get("status") in ("completed", "failed"), 60, "migration")
-    assert src.migration()["status"] == "completed", src.migration()
+    migrate(src, dst, port)
     assert "GUEST-OK" not in src.console()          # it finished on the destination
     dst.finish()
     assert "GUEST: progress 59" in dst.console()

@@ -13,33 +13,10 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.fixtures_cluster import poll
-from tests.integration.fixtures_nbd import MiB, attached, create_vdi, locks, run, uri
-from tests.integration.qemu_vm import QEMU, Qemu, free_port
+from tests.integration.fixtures_nbd import MiB, attached, check_reads, create_vdi, locks, uri
+from tests.integration.qemu_vm import QEMU, free_port, migrate, start_slow_migration, wrote
 
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86 not installed")
-
-
-def check(node, name: str, *cmds: str) -> None:
-    """Read-only qemu-io through ``node``: every ``read -P`` must match."""
-    run("qemu-io", "-r", "-f", "raw", *[a for c in cmds for a in ("-c", c)], uri(node, name))
-
-
-def wrote(output: str) -> bool:
-    return "wrote " in output and "failed" not in output
-
-
-def start_slow_migration(src: Qemu, port: int) -> None:
-    """A migration slowed to a crawl (1 KiB/s), seen running."""
-    src.qmp("migrate-set-parameters", **{"max-bandwidth": 1024})
-    src.qmp("migrate", uri=f"tcp:127.0.0.1:{port}")
-    poll(lambda: src.migration().get("status") == "active", 30, "the migration to start")
-
-
-def migrate(src: Qemu, port: int) -> None:
-    src.qmp("migrate", uri=f"tcp:127.0.0.1:{port}")
-    poll(lambda: src.migration().get("status") in ("completed", "failed"), 60,
-         "the migration to end")
-    assert src.migration()["status"] == "completed", src.migration()
 
 
 def test_live_migration_moves_the_write_right_and_fences_the_source(hypervisors, vms):
@@ -61,7 +38,7 @@ def test_live_migration_moves_the_write_right_and_fences_the_source(hypervisors,
     assert [s["node_id"] for s in lk["standbys"]] == [g2.node_id]
 
     # migrate: the source stops and flushes; it keeps the right until the destination writes
-    migrate(src, port)
+    migrate(src, dst, port)
     assert (src.status(), dst.status()) == ("postmigrate", "running")
     assert locks(storage)["vm"]["node_id"] == g1.node_id
 
@@ -75,7 +52,7 @@ def test_live_migration_moves_the_write_right_and_fences_the_source(hypervisors,
     assert src.status() == "running"
     assert "Operation not permitted" in src.qemu_io("write -P 0xcc 0 4k")
     assert "Operation not permitted" in src.qemu_io("write -P 0xcc 64k 4k")
-    check(storage, "vm", "read -P 0xaa 0 64k", "read -P 0xbb 64k 64k")
+    check_reads(storage, "vm", "read -P 0xaa 0 64k", "read -P 0xbb 64k 64k")
     assert "read 4096/4096" in src.qemu_io("read -P 0xaa 0 4k")   # it may still read
 
     # the old source quits cleanly (its FLUSH succeeds); the destination goes on
@@ -85,7 +62,7 @@ def test_live_migration_moves_the_write_right_and_fences_the_source(hypervisors,
     assert dst.quit() == 0
     poll(lambda: "vm" not in attached(storage) and "vm" not in locks(storage), 15,
          "the VDI to be detached")
-    check(c.sheep[2], "vm", "read -P 0xaa 0 64k", "read -P 0xbb 64k 64k",
+    check_reads(c.sheep[2], "vm", "read -P 0xaa 0 64k", "read -P 0xbb 64k 64k",
           "read -P 0xdd 1M 64k", "read -P 0 2M 1M")
 
 
@@ -103,7 +80,7 @@ def test_a_second_vm_on_the_same_disk_never_writes_while_the_first_is_dirty(hype
     assert "Input/output error" in refused, refused
     assert locks(c.sheep[0])["disk"]["node_id"] == g1.node_id
     assert wrote(first.qemu_io("write -P 0x12 64k 4k"))     # the first was never pre-empted
-    check(c.sheep[1], "disk", "read -P 0x11 0 64k", "read -P 0x12 64k 4k")
+    check_reads(c.sheep[1], "disk", "read -P 0x11 0 64k", "read -P 0x12 64k 4k")
 
 
 def test_migrate_cancel_leaves_the_source_the_writer(hypervisors, vms):
@@ -125,7 +102,7 @@ def test_migrate_cancel_leaves_the_source_the_writer(hypervisors, vms):
     assert wrote(src.qemu_io("write -P 0x32 64k 64k"))
     assert locks(c.sheep[0])["cancel"]["node_id"] == g1.node_id
     assert src.quit() == 0
-    check(c.sheep[2], "cancel", "read -P 0x31 0 64k", "read -P 0x32 64k 64k")
+    check_reads(c.sheep[2], "cancel", "read -P 0x31 0 64k", "read -P 0x32 64k 64k")
 
 
 def test_kill_9_of_either_side_leaves_the_vdi_consistent_and_attachable(hypervisors, vms):
@@ -141,13 +118,13 @@ def test_kill_9_of_either_side_leaves_the_vdi_consistent_and_attachable(hypervis
     src.kill()
     dst.stop()
     poll(lambda: "k9" not in locks(c.sheep[0]), 15, "the dead source's right to go")
-    check(c.sheep[1], "k9", "read -P 0x41 0 64k")
+    check_reads(c.sheep[1], "k9", "read -P 0x41 0 64k")
 
     # a completed migration, then the destination dies with unflushed writes
     src = vms("src2", uri(g1, "k9"))
     port = free_port()
     dst = vms("dst2", uri(g2, "k9"), incoming=port)
-    migrate(src, port)
+    migrate(src, dst, port)
     assert wrote(dst.qemu_io("write -P 0x42 64k 64k"))     # acknowledged: on every replica
     dst.kill()
     src.quit()

@@ -13,18 +13,10 @@ import threading
 import pytest
 
 from tests.integration.fixtures_cluster import poll, wait_epoch
-from tests.integration.fixtures_nbd import MiB, create_vdi, locks, run, store, uri
-from tests.integration.qemu_vm import QEMU, Qemu
+from tests.integration.fixtures_nbd import MiB, check_reads, create_vdi, locks, store, uri
+from tests.integration.qemu_vm import QEMU, Qemu, wrote
 
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86 not installed")
-
-
-def wrote(output: str) -> bool:
-    return "wrote " in output and "failed" not in output and "error" not in output
-
-
-def check(node, name: str, *cmds: str) -> None:
-    run("qemu-io", "-r", "-f", "raw", *[a for c in cmds for a in ("-c", c)], uri(node, name))
 
 
 class Background:
@@ -65,7 +57,7 @@ def test_restarting_the_gateway_under_a_running_vm_pauses_it_and_loses_nothing(h
     assert wrote(guest.qemu_io("write -P 0x53 2M 4k"))
     guest.qemu_io("flush")
     assert [store(n)["dirty_objects"] for n in c.sheep[:3]] == [0, 0, 0]
-    check(c.sheep[1], "vm", "read -P 0x51 0 1M", "read -P 0x52 1M 1M", "read -P 0x53 2M 4k")
+    check_reads(c.sheep[1], "vm", "read -P 0x51 0 1M", "read -P 0x52 1M 1M", "read -P 0x53 2M 4k")
     assert guest.quit() == 0
 
 
@@ -80,5 +72,5 @@ def test_a_storage_node_killed_under_a_running_vm_costs_a_pause_not_an_error(hyp
     assert "read 1048576/1048576" in guest.qemu_io("read -P 0x61 0 1M")
     wait_epoch(c.sheep[:2], 2)
     guest.qemu_io("flush")
-    check(c.sheep[0], "vm2", "read -P 0x61 0 1M", "read -P 0x62 1M 1M")
+    check_reads(c.sheep[0], "vm2", "read -P 0x61 0 1M", "read -P 0x62 1M 1M")
     assert guest.quit() == 0
