@@ -50,16 +50,24 @@ def _run(*cmd, cwd=None) -> str:
     return res.stdout
 
 
+def _apt_update() -> None:
+    subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+
+
 def _candidate(package: str) -> str:
-    out = _run("apt-cache", "policy", package)
-    m = re.search(r"Candidate:\s*(\S+)", out)
-    if not m or m.group(1) == "(none)":
-        raise RuntimeError(f"no candidate version of {package} (run apt-get update)")
-    return m.group(1)
+    for attempt in (1, 2):
+        out = _run("apt-cache", "policy", package)
+        m = re.search(r"Candidate:\s*(\S+)", out)
+        if m and m.group(1) != "(none)":
+            return m.group(1)
+        if attempt == 1:
+            _apt_update()           # no package lists yet (a fresh or cleaned image)
+    raise RuntimeError(f"no candidate version of {package} (is the Debian registry reachable?)")
 
 
 def _kernel_package() -> tuple[str, str]:
     """The versioned kernel package the meta package depends on, and its version."""
+    _candidate("linux-image-amd64")     # makes sure the package lists are there
     out = _run("apt-cache", "depends", "linux-image-amd64")
     m = re.search(r"Depends:\s*(linux-image-\S+-amd64)", out)
     if not m:
@@ -74,7 +82,7 @@ def _download(package: str, where: Path) -> Path:
         if res.returncode == 0:
             break
         if attempt == 1:        # stale or missing package lists on a fresh machine
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+            _apt_update()
     else:
         raise RuntimeError(f"apt-get download {package}: {res.stderr.strip()}")
     found = sorted(where.glob(f"{package}_*.deb"))
@@ -136,6 +144,24 @@ class _Cpio:
         return self.out.getvalue()
 
 
+def _init_of(image: GuestImage) -> bytes | None:
+    """The /init inside a built initramfs (to tell whether it is this script's)."""
+    data = gzip.decompress(image.initrd.read_bytes())
+    i = data.find(b"070701")
+    while 0 <= i < len(data):
+        fields = [int(data[i + 6 + 8 * k:i + 14 + 8 * k], 16) for k in range(13)]
+        size, namesize = fields[6], fields[11]
+        name_at = i + 110
+        name = data[name_at:name_at + namesize - 1]
+        body_at = name_at + namesize + (-(110 + namesize) % 4)
+        if name == b"init":
+            return data[body_at:body_at + size]
+        if name == b"TRAILER!!!":
+            return None
+        i = body_at + size + (-size % 4)
+    return None
+
+
 def _initramfs(busybox: Path, modules: list[Path]) -> bytes:
     cpio = _Cpio()
     for d in ("bin", "dev", "etc", "lib", "lib/modules", "mnt", "proc", "sys", "tmp"):
@@ -152,8 +178,23 @@ def _initramfs(busybox: Path, modules: list[Path]) -> bytes:
     return gzip.compress(cpio.finish(), compresslevel=6)
 
 
+def _cached(cache: Path) -> GuestImage | None:
+    """The newest image built before, if any."""
+    built = sorted((d for d in cache.glob("*") if (d / "initrd.gz").exists()
+                    and (d / "vmlinuz").exists()), key=lambda d: d.stat().st_mtime)
+    return GuestImage(built[-1] / "vmlinuz", built[-1] / "initrd.gz") if built else None
+
+
 def build(cache: Path = CACHE, log=lambda msg: None) -> GuestImage:
-    kernel_pkg, kernel_version = _kernel_package()
+    try:
+        kernel_pkg, kernel_version = _kernel_package()
+    except (RuntimeError, OSError) as exc:
+        # no registry (or no apt) now: an image built earlier from this init script does
+        image = _cached(cache)
+        if image is None or _init_of(image) != INIT.read_bytes():
+            raise
+        log(f"package lookup failed ({exc}); using the cached guest {image.kernel.parent}")
+        return image
     key = hashlib.sha256("\n".join([kernel_pkg, kernel_version, _candidate("busybox-static"),
                                     INIT.read_text(), ",".join(WANTED)]).encode()).hexdigest()
     out = cache / key[:16]
