@@ -5,17 +5,8 @@ import os
 
 import gevent
 import pytest
-from gevent import socket
 
 from common.sockio import BufferWriter, SocketReader
-
-
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
 
 
 def test_pieces_come_out_in_order_across_buffer_compactions(pair):

@@ -5,19 +5,10 @@ import os
 
 import gevent
 import pytest
-from gevent import socket
 
 from common.errors import ProtocolError
 from sheep.peer.framing import INLINE_PAYLOAD_BYTES, FrameReader, FrameWriter
 from sheep.peer import wire
-
-
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    yield a, b
-    a.close()
-    b.close()
 
 
 def test_frames_of_every_size_arrive_intact_and_in_order(pair):
