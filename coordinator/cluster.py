@@ -100,8 +100,10 @@ class Coordinator(ClusterStateMixin):
     RETRY_PAUSE_S = 0.2     # pause after an unexpected error in a background loop
 
     def __init__(self, hosts: str, cluster: str, member: Member, *, session_timeout_s: float = 10.0,
-                 on_epoch=None, on_fence=None, on_unfence=None, on_cluster=None, handler=None):
+                 on_epoch=None, on_fence=None, on_unfence=None, on_cluster=None, handler=None,
+                 secret=None):
         self.layout = Layout(cluster)
+        self.secret = secret            # common.secrets.ClusterSecret: ZooKeeper digest ACLs
         self.cluster = cluster
         self.member = member
         self.session_timeout_s = session_timeout_s

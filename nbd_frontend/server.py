@@ -65,8 +65,12 @@ class NbdServer:
 
     def __init__(self, provider: ExportProvider, host: str = "127.0.0.1", port: int = 10809, *,
                  pool_size: int = 64, max_connections: int = 1024,
-                 handshake_timeout_s: float = 30.0, timing=NULL):
+                 handshake_timeout_s: float = 30.0, timing=NULL,
+                 tls_dir=None, queue_bytes: int = 64 << 20, max_options: int = 64):
         self.provider = provider
+        self.tls_dir = tls_dir              # x509 files: TLS required (None: plaintext)
+        self.queue_bytes = queue_bytes      # per connection: replies queued + payloads buffered
+        self.max_options = max_options      # options in one handshake
         # request received (parsed) to reply queued, per command: labels(op).observe(s)
         self.timing = {name: timing.labels(name) for name in _COMMAND_NAMES.values()}
         self.pool_size = pool_size

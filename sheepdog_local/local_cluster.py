@@ -39,6 +39,7 @@ class SheepProcess:
     nbd_port: int
     zone: str = ""
     addr: str = "127.0.0.1"
+    keys_dir: Path | None = None  # cluster.secret and admin.token (default: next to the store)
     extra_args: list[str] = field(default_factory=list)
     log_dir: Path | None = None   # default: the store dir's parent (set it when that is a mount)
     pid: int | None = None
@@ -56,10 +57,33 @@ class SheepProcess:
     def admin_url(self) -> str:
         return f"http://{self.addr}:{self.admin_port}"
 
+    @property
+    def secret_file(self) -> Path:
+        return (self.keys_dir or self.dir.parent) / "cluster.secret"
+
+    @property
+    def token_file(self) -> Path:
+        return (self.keys_dir or self.dir.parent) / "admin.token"
+
+    @property
+    def token(self) -> str | None:
+        """The cluster's admin token as this sheep wrote it down (None: not yet)."""
+        try:
+            return self.token_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    @property
+    def auth(self) -> dict:
+        """The admin API's request headers: ``Authorization: Bearer <token>``."""
+        token = self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "sheep.daemon", "--dir", str(self.dir), "--zk", self.zk_hosts,
                "--cluster", self.cluster, "--addr", self.addr, "--port", str(self.port),
-               "--admin-port", str(self.admin_port), "--nbd-port", str(self.nbd_port)]
+               "--admin-port", str(self.admin_port), "--nbd-port", str(self.nbd_port),
+               "--secret-file", str(self.secret_file), "--admin-token-file", str(self.token_file)]
         if self.zone:
             cmd += ["--zone", self.zone]
         return cmd + list(self.extra_args)
@@ -87,7 +111,7 @@ class SheepProcess:
             if not self.running():
                 break
             try:
-                if requests.get(self.admin_url + "/node", timeout=1).status_code == 200:
+                if requests.get(self.admin_url + "/health", timeout=1).status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -151,13 +175,15 @@ class LocalCluster:
         self.cluster = cluster
         self.zk = ZooKeeperServer(self.base / "zookeeper", zk_port or free_port(), fast=fast_zk)
         self.sheep_args = list(sheep_args or [])
+        self.keys_dir = self.base / "keys"     # one cluster secret and token file for all
         self.sheep: list[SheepProcess] = []
         for i in range(nodes):
             port, admin, nbd = ports[i] if ports else (free_port(), free_port(), free_port())
             self.sheep.append(SheepProcess(
                 index=i, dir=self.base / f"sheep{i}" / "store", zk_hosts=self.zk.hosts,
                 cluster=cluster, port=port, admin_port=admin, nbd_port=nbd,
-                zone=(zones[i] if zones else ""), extra_args=self.sheep_args))
+                zone=(zones[i] if zones else ""), keys_dir=self.keys_dir,
+                extra_args=self.sheep_args))
 
     def add_node(self, zone: str = "", *, gateway: bool = False) -> SheepProcess:
         """One more sheep (not started); ``gateway``: a gateway-only one (``--gateway``)."""
@@ -165,6 +191,7 @@ class LocalCluster:
         node = SheepProcess(index=i, dir=self.base / f"sheep{i}" / "store",
                             zk_hosts=self.zk.hosts, cluster=self.cluster, port=free_port(),
                             admin_port=free_port(), nbd_port=free_port(), zone=zone,
+                            keys_dir=self.keys_dir,
                             extra_args=self.sheep_args + (["--gateway"] if gateway else []))
         self.sheep.append(node)
         return node

@@ -31,6 +31,7 @@ def build_router(sheep) -> Router:
     r.add("GET", "/locks", api.lock_list)
     r.add("DELETE", "/locks/<name>", api.lock_break)
     r.add("GET", "/metrics", api.metrics)
+    r.add("GET", "/health", api.health)
     routes_volumes.register(r, sheep)
     routes_recovery.register(r, sheep)
     return r
@@ -48,6 +49,10 @@ def _int_field(body: dict, name: str, required: bool = True) -> int | None:
 class _Api:
     def __init__(self, sheep) -> None:
         self.sheep = sheep
+
+    def health(self, req: Request):
+        """Is this daemon up?  Needs no token (load balancers, launchers): says nothing else."""
+        return {"ok": True}
 
     # -- cluster ---------------------------------------------------------------
     def cluster(self, req: Request):

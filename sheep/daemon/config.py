@@ -5,6 +5,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+DEFAULT_KEYS_DIR = Path("/etc/sheepdog")
+
 
 @dataclass(frozen=True)
 class SheepConfig:
@@ -28,10 +30,40 @@ class SheepConfig:
     handoff_idle_s: float = 0.5
     handoff_timeout_s: float = 30.0
     log_level: str = "INFO"
+    # -- security (docs/security.md) --
+    listen_admin: str = "127.0.0.1"   # the admin API's bind address (loopback by default)
+    listen_nbd: str = ""              # NBD bind address; "" = bind_addr
+    secret_file: Path | None = None   # the cluster secret; None = DEFAULT_KEYS_DIR/<cluster>/
+    admin_token_file: Path | None = None   # where this sheep writes the admin token
+    admin_hosts: tuple[str, ...] = ()  # Host header names the admin API accepts besides its own
+    admin_max_body: int = 64 << 20    # bytes of one admin request body
+    admin_workers: int = 64           # admin requests handled at once
+    nbd_tls_dir: Path | None = None   # ca-cert.pem, server-cert.pem, server-key.pem: TLS required
+    nbd_max_connections: int = 256    # per NBD listener
+    nbd_queue_bytes: int = 64 << 20   # per NBD connection: replies queued + payloads buffered
+    nbd_handshake_timeout_s: float = 10.0   # the whole NBD handshake, TLS included
+    nbd_max_options: int = 64         # NBD options in one handshake
+    peer_max_connections: int = 1024  # inbound peer connections
 
     @property
     def bind_addr(self) -> str:
         return self.listen or self.addr
+
+    @property
+    def nbd_bind_addr(self) -> str:
+        return self.listen_nbd or self.bind_addr
+
+    @property
+    def keys_dir(self) -> Path:
+        return DEFAULT_KEYS_DIR / self.cluster
+
+    @property
+    def secret_path(self) -> Path:
+        return self.secret_file or self.keys_dir / "cluster.secret"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.admin_token_file or self.secret_path.parent / "admin.token"
 
     @property
     def default_node_id(self) -> str:
@@ -73,6 +105,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a write waits for the write right held by another "
                         "attachment before it fails (EIO)")
     p.add_argument("--log-level", default="INFO")
+    s = p.add_argument_group("security (docs/security.md)")
+    s.add_argument("--listen-admin", default="127.0.0.1",
+                   help="admin API bind address (default 127.0.0.1: loopback only)")
+    s.add_argument("--listen-nbd", default="", help="NBD bind address (default: --listen)")
+    s.add_argument("--secret-file", type=Path, default=None,
+                   help="the cluster secret shared by every sheep (created if missing; "
+                        f"default {DEFAULT_KEYS_DIR}/CLUSTER/cluster.secret)")
+    s.add_argument("--admin-token-file", type=Path, default=None,
+                   help="where this sheep keeps a copy of the admin token for operators "
+                        "(default: admin.token next to the secret file)")
+    s.add_argument("--admin-host", action="append", default=[],
+                   help="another Host header name the admin API answers to (repeatable)")
+    s.add_argument("--admin-max-body", type=int, default=64 << 20,
+                   help="largest admin request body in bytes")
+    s.add_argument("--admin-workers", type=int, default=64,
+                   help="admin requests handled at once (more wait)")
+    s.add_argument("--nbd-tls-dir", type=Path, default=None,
+                   help="x509 files ca-cert.pem, server-cert.pem, server-key.pem: NBD clients "
+                        "must use TLS with a client certificate signed by that CA")
+    s.add_argument("--nbd-max-connections", type=int, default=256,
+                   help="NBD connections at once (more are closed at accept)")
+    s.add_argument("--nbd-queue-bytes", type=int, default=64 << 20,
+                   help="per NBD connection: bytes of replies queued and write payloads "
+                        "buffered before the connection stops being read")
+    s.add_argument("--nbd-handshake-timeout", type=float, default=10.0,
+                   help="seconds an NBD client has to finish its handshake")
+    s.add_argument("--nbd-max-options", type=int, default=64,
+                   help="NBD options one handshake may send")
+    s.add_argument("--peer-max-connections", type=int, default=1024,
+                   help="inbound peer connections at once")
     return p
 
 
@@ -94,6 +156,14 @@ def parse_args(argv: list[str] | None = None) -> SheepConfig:
         p.error("--scrub-rate must be >= 0 (0: off)")
     if a.handoff_idle < 0 or a.handoff_timeout <= 0:
         p.error("--handoff-idle must be >= 0 and --handoff-timeout > 0 (seconds)")
+    for name in ("admin_max_body", "admin_workers", "nbd_max_connections", "nbd_queue_bytes",
+                 "nbd_max_options", "peer_max_connections"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if a.nbd_queue_bytes < 33 << 20:
+        p.error("--nbd-queue-bytes must hold at least one 32 MiB request (33554432 + 1 MiB)")
+    if a.nbd_handshake_timeout <= 0:
+        p.error("--nbd-handshake-timeout must be > 0 (seconds)")
     return SheepConfig(dir=a.dir, zk_hosts=a.zk, cluster=a.cluster, addr=a.addr,
                        listen=a.listen, port=a.port, admin_port=a.admin_port,
                        nbd_port=a.nbd_port, zone=a.zone, weight=weight, gateway=a.gateway,
@@ -101,4 +171,13 @@ def parse_args(argv: list[str] | None = None) -> SheepConfig:
                        reserve_bytes=a.reserve, scrub_bytes_per_s=a.scrub_rate,
                        scrub_interval_s=a.scrub_interval,
                        handoff_idle_s=a.handoff_idle, handoff_timeout_s=a.handoff_timeout,
-                       log_level=a.log_level.upper())
+                       log_level=a.log_level.upper(),
+                       listen_admin=a.listen_admin, listen_nbd=a.listen_nbd,
+                       secret_file=a.secret_file, admin_token_file=a.admin_token_file,
+                       admin_hosts=tuple(a.admin_host), admin_max_body=a.admin_max_body,
+                       admin_workers=a.admin_workers, nbd_tls_dir=a.nbd_tls_dir,
+                       nbd_max_connections=a.nbd_max_connections,
+                       nbd_queue_bytes=a.nbd_queue_bytes,
+                       nbd_handshake_timeout_s=a.nbd_handshake_timeout,
+                       nbd_max_options=a.nbd_max_options,
+                       peer_max_connections=a.peer_max_connections)

@@ -15,6 +15,7 @@ from gevent import monkey
 from gevent.event import Event
 
 from common.errors import NotReady, StoreMismatch
+from common.secrets import ClusterSecret, SecretError
 from coordinator.attachments import Attachments
 from coordinator.catalog import Catalog
 from coordinator.cluster import Coordinator
@@ -61,12 +62,15 @@ class Sheep:
         self.stopped = Event()
         self.epochs = EpochState()
         self.stage_metrics = StageMetrics()
-        self.peers = PeerPool(timing=self.stage_metrics.peer)
+        self.secret = _load_secret(config.secret_path)
+        self.peers = PeerPool(timing=self.stage_metrics.peer, key=self.secret.peer_key)
         self.exit_code = 0
         self._fmt: dict | None = None
         self.store: ObjectStore | None = None
-        self.peer_server = PeerServer(self._handle_peer, config.bind_addr, config.port)
-        self.admin_server = AdminServer(AdminApp(build_router(self)), config.bind_addr,
+        self.peer_server = PeerServer(self._handle_peer, config.bind_addr, config.port,
+                                      key=self.secret.peer_key,
+                                      max_connections=config.peer_max_connections)
+        self.admin_server = AdminServer(AdminApp(build_router(self)), config.listen_admin,
                                         config.admin_port)
         self.member = Member(node_id=self.node_id, addr=config.addr, port=config.port,
                              admin_port=config.admin_port, nbd_port=config.nbd_port,
@@ -77,7 +81,8 @@ class Sheep:
                                        session_timeout_s=config.session_timeout_s,
                                        on_epoch=self._on_epoch, on_fence=self._on_fence,
                                        on_unfence=self._on_unfence,
-                                       on_cluster=self.lifecycle.on_cluster)
+                                       on_cluster=self.lifecycle.on_cluster,
+                                       secret=self.secret)
         self.catalog = Catalog(self.coordinator.client, config.cluster)
         self.locks = VdiLocks(self.coordinator.client, config.cluster)
         self.attachments = Attachments(self.coordinator.client, config.cluster)
@@ -175,8 +180,13 @@ class Sheep:
         self.exports = VdiExportProvider(
             self.vdis, self.locks, self.node_id, self.attachments,
             HandoffPolicy(self.config.handoff_idle_s, self.config.handoff_timeout_s))
-        self.nbd = NbdServer(self.exports, self.config.bind_addr, self.config.nbd_port,
-                             timing=self.stage_metrics.nbd)
+        cfg = self.config
+        self.nbd = NbdServer(self.exports, cfg.nbd_bind_addr, cfg.nbd_port,
+                             timing=self.stage_metrics.nbd, tls_dir=cfg.nbd_tls_dir,
+                             max_connections=cfg.nbd_max_connections,
+                             queue_bytes=cfg.nbd_queue_bytes,
+                             handshake_timeout_s=cfg.nbd_handshake_timeout_s,
+                             max_options=cfg.nbd_max_options)
         self.exports.server = self.nbd
 
     def _admit_and_open(self, fmt: dict | None) -> None:
@@ -289,6 +299,18 @@ class Sheep:
         if op == "ping":
             return {"epoch": self.epochs.epoch}, b""
         raise NotReady(f"node {self.node_id} is a gateway: it holds no objects (op {op!r})")
+
+
+def _load_secret(path) -> ClusterSecret:
+    try:
+        secret, created = ClusterSecret.load_or_create(path)
+    except SecretError as exc:
+        raise NotReady(str(exc)) from None
+    if created:
+        log.warning("generated a new cluster secret in %s: copy this file to every sheep of "
+                    "the cluster (docs/security.md)", path)
+    log.info("cluster secret %s (fingerprint %s)", path, secret.fingerprint)
+    return secret
 
 
 def _off_loop(fn, *args):

@@ -198,7 +198,9 @@ class _PeerTiming:
 class PeerPool:
     """Connections to every peer, by address, created on first use."""
 
-    def __init__(self, connect_timeout_s: float = 5.0, timing=NULL) -> None:
+    def __init__(self, connect_timeout_s: float = 5.0, timing=NULL,
+                 key: bytes | None = None) -> None:
+        self._key = key                       # the cluster's peer key (None: no authentication)
         self._conns: dict[tuple[str, int], PeerConnection] = {}
         self._connect_timeout_s = connect_timeout_s
         self._timing = timing                 # labels(peer, op): the round trip of a request

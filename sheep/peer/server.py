@@ -25,8 +25,11 @@ Handler = Callable[[dict, bytes], tuple[dict, bytes]]
 
 class PeerServer:
     def __init__(self, handler: Handler, host: str, port: int, *,
-                 per_connection: int = 256) -> None:
+                 per_connection: int = 256, key: bytes | None = None,
+                 max_connections: int = 1024) -> None:
         self._handler = handler
+        self._key = key                       # the cluster's peer key (None: no authentication)
+        self._max_connections = max_connections
         self._per_connection = per_connection
         self._server = StreamServer((host, port), self._serve)
         self._conns: set = set()
