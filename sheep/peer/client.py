@@ -7,6 +7,11 @@ connection reads replies through a `FrameReader` and hands each to the waiting
 caller by request id, in whatever order they come.  When a connection breaks, every
 caller waiting on it gets `Unavailable` and the next call dials again.
 
+With a ``key``, every new connection first runs the mutual handshake of
+`sheep.peer.auth` (within the connect timeout) and sends no request before the peer
+proved the cluster key; a failed handshake is `Unavailable` like an unreachable peer,
+its message naming the likely cause (another ``--secret-file``).
+
 A fan-out sends to several peers and waits for all the replies at once (`gather`): one
 wake-up when the last one is in, one timer for all of them.
 """
@@ -24,8 +29,9 @@ from gevent.lock import Semaphore
 
 from common.errors import SheepError, Unavailable
 from common.stages import NULL
+from sheep.peer import handshake, wire
+from sheep.peer.auth import AuthError
 from sheep.peer.framing import FrameReader, FrameWriter
-from sheep.peer import wire
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +40,9 @@ class PeerConnection:
     """One multiplexed connection to one peer address."""
 
     def __init__(self, addr: str, port: int, connect_timeout_s: float = 5.0,
-                 timing=NULL) -> None:
+                 timing=NULL, *, key: bytes | None) -> None:
         self.addr, self.port = addr, port
+        self._key = key                       # the cluster's peer key (None: no authentication)
         self._timing = timing                 # labels(op).observe(s): request sent to reply
         self._timers: dict = {}
         self._connect_timeout_s = connect_timeout_s
@@ -51,13 +58,27 @@ class PeerConnection:
             return self._writer
         with self._dial_lock:
             if self._sock is None:
-                sock = gsocket.create_connection((self.addr, self.port), self._connect_timeout_s)
-                sock.settimeout(None)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock = self._dial()
                 self._writer = FrameWriter(sock)
                 self._sock = sock
                 self._reader = gevent.spawn(self._read_loop, sock)
         return self._writer
+
+    def _dial(self) -> socket.socket:
+        """A new connection, authenticated when we have a key (the connect and the
+        handshake each within the connect timeout)."""
+        sock = gsocket.create_connection((self.addr, self.port), self._connect_timeout_s)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._key is not None:
+                handshake.connect(sock, self._key, self._connect_timeout_s)
+            sock.settimeout(None)
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, AuthError):
+                log.warning("peer=%s:%d authentication failed: %s", self.addr, self.port, exc)
+            raise
+        return sock
 
     def call(self, header: dict, payload=b"", timeout_s: float = 30.0) -> wire.Frame:
         """Send one request and wait for its reply.
@@ -198,8 +219,8 @@ class _PeerTiming:
 class PeerPool:
     """Connections to every peer, by address, created on first use."""
 
-    def __init__(self, connect_timeout_s: float = 5.0, timing=NULL,
-                 key: bytes | None = None) -> None:
+    def __init__(self, connect_timeout_s: float = 5.0, timing=NULL, *,
+                 key: bytes | None) -> None:
         self._key = key                       # the cluster's peer key (None: no authentication)
         self._conns: dict[tuple[str, int], PeerConnection] = {}
         self._connect_timeout_s = connect_timeout_s
@@ -211,7 +232,7 @@ class PeerPool:
         if conn is None:
             conn = self._conns[key] = PeerConnection(
                 addr, port, self._connect_timeout_s,
-                _PeerTiming(self._timing, f"{addr}:{port}"))
+                _PeerTiming(self._timing, f"{addr}:{port}"), key=self._key)
         return conn
 
     def call(self, addr: str, port: int, header: dict, payload=b"",

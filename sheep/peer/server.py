@@ -4,6 +4,11 @@
 Replies go back in completion order, matched by the request id, so one slow
 request never holds up the others on the same connection.  A malformed frame
 ends that connection only.
+
+With a ``key``, a connection is served only once the client proved the cluster key
+(`sheep.peer.handshake.accept`, within ``auth_timeout_s``); otherwise it is closed
+before its first frame is read, with one log line.  Connections beyond
+``max_connections`` (those still authenticating included) are closed at accept.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from gevent.server import StreamServer
 
 from common.errors import SheepError
 from common.workers import Workers
+from sheep.peer import handshake
 from sheep.peer.framing import FrameReader, FrameWriter
 
 log = logging.getLogger(__name__)
@@ -22,13 +28,16 @@ log = logging.getLogger(__name__)
 # handler(header, payload) -> (reply header fields, reply payload)
 Handler = Callable[[dict, bytes], tuple[dict, bytes]]
 
+AUTH_TIMEOUT_S = 5.0
+
 
 class PeerServer:
     def __init__(self, handler: Handler, host: str, port: int, *,
-                 per_connection: int = 256, key: bytes | None = None,
-                 max_connections: int = 1024) -> None:
+                 key: bytes | None, per_connection: int = 256,
+                 max_connections: int = 1024, auth_timeout_s: float = AUTH_TIMEOUT_S) -> None:
         self._handler = handler
         self._key = key                       # the cluster's peer key (None: no authentication)
+        self._auth_timeout_s = auth_timeout_s
         self._max_connections = max_connections
         self._per_connection = per_connection
         self._server = StreamServer((host, port), self._serve)
@@ -50,8 +59,22 @@ class PeerServer:
                 pass
 
     def _serve(self, sock, address) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if len(self._conns) >= self._max_connections:
+            log.warning("peer=%s:%d refused: already %d peer connections "
+                        "(peer_max_connections)", address[0], address[1], len(self._conns))
+            sock.close()
+            return
         self._conns.add(sock)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._key is not None:
+                handshake.accept(sock, self._key, self._auth_timeout_s)
+        except OSError as exc:
+            log.warning("peer=%s:%d refused before its first frame: %s", address[0],
+                        address[1], exc)
+            self._conns.discard(sock)
+            sock.close()
+            return
         writer = FrameWriter(sock)
         reader = FrameReader(sock)
         pool = Workers(self._per_connection)

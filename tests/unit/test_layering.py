@@ -36,7 +36,8 @@ PROJECT = {u.split(".")[0] for u in ALLOWED}
 PURE = ["common/errors.py", "coordinator/ring.py", "coordinator/layout.py", "vdi/objects.py",
         "vdi/inode.py", "vdi/vid.py", "vdi/family.py", "vdi/volume.py",
         "nbd_frontend/protocol.py", "nbd_frontend/handshake.py", "sheep/store/objfile.py",
-        "sheep/recovery/throttle.py", "sheep/replication/activity.py", "sheep/peer/wire.py"]
+        "sheep/recovery/throttle.py", "sheep/replication/activity.py", "sheep/peer/wire.py",
+        "sheep/peer/auth.py"]
 IMPURE = ("gevent", "socket", "kazoo", "requests")
 # the store runs in OS threads: no networking, and no ZooKeeper or volume model
 STORE_FORBIDDEN = ("gevent.server", "gevent.socket", "socket", "kazoo", "requests")

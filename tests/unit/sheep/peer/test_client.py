@@ -1,4 +1,5 @@
-"""PeerPool against a real PeerServer on loopback: fan-outs gathered, timeouts, failures."""
+"""PeerPool against a real PeerServer on loopback (authenticated with a test key): fan-outs
+gathered, timeouts, failures."""
 from __future__ import annotations
 
 import gevent
@@ -9,13 +10,14 @@ from common.errors import NoObject, Unavailable
 from sheep.peer.client import PeerPool
 from sheep.peer.server import PeerServer
 
+KEY = b"test peer key".ljust(32, b".")
 
 class Peer:
     """A peer server whose handler echoes, fails or hangs, by op."""
 
     def __init__(self) -> None:
         self.release = Event()
-        self.server = PeerServer(self.handle, "127.0.0.1", 0)
+        self.server = PeerServer(self.handle, "127.0.0.1", 0, key=KEY)
         self.server.start()
 
     def handle(self, header, payload):
@@ -35,7 +37,7 @@ class Peer:
 
 @pytest.fixture
 def peers():
-    made, pool = [], PeerPool(connect_timeout_s=2)
+    made, pool = [], PeerPool(connect_timeout_s=2, key=KEY)
 
     def make():
         made.append(Peer())
