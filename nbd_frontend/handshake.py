@@ -5,8 +5,9 @@ Theory of operation
 ``ServerHandshake`` owns no socket.  The shell sends ``data_to_send()`` (the
 greeting first), feeds what the client sends to ``receive_data()`` and calls
 ``next_event()`` until ``NEED_DATA``.  Options that need nothing from the outside
-(STRUCTURED_REPLY, LIST/SET_META_CONTEXT, unknown options, malformed option data)
-are answered inside the machine: their replies just appear in ``data_to_send()``.
+(STRUCTURED_REPLY, LIST/SET_META_CONTEXT, unknown options, malformed option data,
+a refused STARTTLS) are answered inside the machine: their replies just appear in
+``data_to_send()``.
 Options that need the export provider surface as events, and the machine waits
 in ``DECIDE`` until the shell answers with exactly one call:
 
@@ -18,6 +19,8 @@ event                    shell answers with
 ``ExportRequest`` (GO,   same; acceptance enters transmission (``Ready`` event);
 EXPORT_NAME)             refusing EXPORT_NAME closes (the protocol has no error reply)
 ``Aborted``              nothing: send the pending ACK and close
+``StartTls``             send the pending ACK, run the TLS handshake on the same
+                         socket, then ``tls_started()``; a failed TLS handshake closes
 ``Ready``                switch to ``RequestParser``; ``trailing_data()`` belongs to it
 =======================  =======================================================
 
@@ -30,6 +33,21 @@ Invariants
 * ``TRANSMISSION`` and ``CLOSED`` are terminal.
 * Option data is buffered only up to ``MAX_OPTION_DATA``; longer data is skipped
   without buffering and the option gets an error reply.
+* At most ``max_options`` options per handshake (counted at each option header);
+  the next one closes the connection (``NbdProtocolError``).
+
+TLS (``ServerHandshake(tls=True)``: qemu semantics, TLS is required)
+---------------------------------------------------------------------
+Until STARTTLS succeeds every option but STARTTLS and ABORT is answered with
+``NBD_REP_ERR_TLS_REQD`` and EXPORT_NAME (which has no error reply) closes.
+STARTTLS is ACKed and the machine waits in ``TLS_WAIT``; bytes the client sent
+after the STARTTLS option, before seeing the ACK, are a protocol violation (they
+would be plaintext taken for TLS): the connection closes.  Nothing is consumed
+past the STARTTLS option, so the TLS handshake reads its ClientHello straight
+from the socket.  After ``tls_started()`` negotiation goes on inside TLS; since
+nothing could be negotiated before, nothing has to be forgotten.  A second
+STARTTLS gets ``NBD_REP_ERR_INVALID``.  Without ``tls``, STARTTLS gets
+``NBD_REP_ERR_POLICY`` "TLS not configured" (what qemu-nbd answers).
 """
 from __future__ import annotations
 
@@ -51,6 +69,7 @@ U32 = p.U32
 
 MAX_OPTION_DATA = 16 * 1024
 MAX_STRING = 4096
+MAX_OPTIONS = 64
 SERVER_HANDSHAKE_FLAGS = p.FLAG_FIXED_NEWSTYLE | p.FLAG_NO_ZEROES
 
 # states
@@ -58,6 +77,7 @@ CLIENT_FLAGS_WAIT = "CLIENT_FLAGS"
 OPTIONS = "OPTIONS"
 DISCARD = "DISCARD"
 DECIDE = "DECIDE"
+TLS_WAIT = "TLS_WAIT"
 TRANSMISSION = "TRANSMISSION"
 CLOSED = "CLOSED"
 
@@ -72,7 +92,12 @@ _TRANSITIONS = {
     (DECIDE, "answered"): OPTIONS,
     (DECIDE, "go"): TRANSMISSION,
     (DECIDE, "export_name_refused"): CLOSED,
+    (OPTIONS, "starttls"): TLS_WAIT,
+    (TLS_WAIT, "tls_started"): OPTIONS,
 }
+
+# what a client may send before STARTTLS when TLS is required
+_BEFORE_TLS = (p.OPT_STARTTLS, p.OPT_ABORT)
 
 
 @dataclass(frozen=True)
@@ -91,6 +116,11 @@ class ExportRequest:
 @dataclass(frozen=True)
 class Aborted:
     """NBD_OPT_ABORT: the ACK is queued; close after sending it."""
+
+
+@dataclass(frozen=True)
+class StartTls:
+    """NBD_OPT_STARTTLS accepted: send the ACK, wrap the socket, call ``tls_started()``."""
 
 
 @dataclass(frozen=True)
@@ -149,10 +179,17 @@ class _Reader:
 
 
 class ServerHandshake:
-    """Server side of fixed-newstyle negotiation (see module docstring)."""
+    """Server side of fixed-newstyle negotiation (see module docstring).
 
-    def __init__(self) -> None:
+    ``tls``: TLS is required (STARTTLS first); ``max_options``: options allowed in
+    this handshake."""
+
+    def __init__(self, tls: bool = False, max_options: int = MAX_OPTIONS) -> None:
         self.state = CLIENT_FLAGS_WAIT
+        self.tls = tls
+        self.tls_pending = tls              # TLS required and not yet started
+        self.max_options = max_options
+        self._options = 0
         self._in = bytearray()
         self._out = bytearray(GREETING.pack(p.NBDMAGIC, p.IHAVEOPT, SERVER_HANDSHAKE_FLAGS))
         self.client_flags = 0
@@ -185,6 +222,9 @@ class ServerHandshake:
     def receive_data(self, data) -> None:
         if self.state == CLOSED:
             raise NbdProtocolError("data after the handshake was closed")
+        if self.state == TLS_WAIT:
+            self.state = CLOSED
+            raise NbdProtocolError("plaintext data where the TLS handshake belongs")
         if self.state == DISCARD:
             skip = min(len(data), self._discard_left)
             self._discard_left -= skip
@@ -200,7 +240,7 @@ class ServerHandshake:
                     return NEED_DATA
                 self._ready_reported = True
                 return self._ready
-            if self.state in (DECIDE, CLOSED):
+            if self.state in (DECIDE, CLOSED, TLS_WAIT):
                 return NEED_DATA
             if self.state == CLIENT_FLAGS_WAIT:
                 if len(self._in) < CLIENT_FLAGS.size:
@@ -217,8 +257,12 @@ class ServerHandshake:
                 if self._discard_left:
                     return NEED_DATA
                 self._go("discarded")
-                rtype = (p.REP_ERR_UNSUP if self._discard_option not in _HANDLERS
-                         else p.REP_ERR_TOO_BIG)
+                if self._refused_before_tls(self._discard_option):
+                    rtype = p.REP_ERR_TLS_REQD
+                elif self._discard_option not in _HANDLERS:
+                    rtype = p.REP_ERR_UNSUP
+                else:
+                    rtype = p.REP_ERR_TOO_BIG
                 self._out += option_reply(self._discard_option, rtype, b"option data too long")
                 continue
             event = self._next_option()
@@ -233,10 +277,17 @@ class ServerHandshake:
         if magic != p.IHAVEOPT:
             self.state = CLOSED
             raise NbdProtocolError(f"bad option magic 0x{magic:016x}")
+        if self._options >= self.max_options:
+            self.state = CLOSED
+            raise NbdProtocolError(f"more than {self.max_options} options in the handshake")
+        if option == p.OPT_EXPORT_NAME and self.tls_pending:
+            self.state = CLOSED
+            raise NbdProtocolError("EXPORT_NAME before STARTTLS (TLS is required)")
         if length > MAX_OPTION_DATA:
             if option == p.OPT_EXPORT_NAME:
                 self.state = CLOSED
                 raise NbdProtocolError("EXPORT_NAME data too long")
+            self._options += 1
             del self._in[:OPTION_HEADER.size]
             skip = min(len(self._in), length)
             del self._in[:skip]
@@ -248,6 +299,12 @@ class ServerHandshake:
             return NEED_DATA
         data = bytes(self._in[OPTION_HEADER.size:OPTION_HEADER.size + length])
         del self._in[:OPTION_HEADER.size + length]
+        self._options += 1
+        if self._refused_before_tls(option):
+            self._out += option_reply(option, p.REP_ERR_TLS_REQD,
+                                      b"TLS is required: send STARTTLS first")
+            self._go("answered_inline")
+            return None
         handler = _HANDLERS.get(option)
         if handler is None:
             self._out += option_reply(option, p.REP_ERR_UNSUP, b"option not supported")
@@ -263,6 +320,9 @@ class ServerHandshake:
             self._go("answered_inline")
             return None
 
+    def _refused_before_tls(self, option: int) -> bool:
+        return self.tls_pending and option not in _BEFORE_TLS
+
     # -- option handlers (client input) ---------------------------------------------
     def _opt_export_name(self, option: int, data: bytes):
         self._current = ExportRequest(option, _string(data, "export name"))
@@ -273,6 +333,23 @@ class ServerHandshake:
         self._out += option_reply(option, p.REP_ACK)
         self._go("abort")
         return Aborted()
+
+    def _opt_starttls(self, option: int, data: bytes):
+        if data:
+            raise _BadOption("STARTTLS takes no data")
+        if not self.tls:
+            self._out += option_reply(option, p.REP_ERR_POLICY, b"TLS not configured")
+        elif not self.tls_pending:
+            self._out += option_reply(option, p.REP_ERR_INVALID, b"TLS already enabled")
+        else:
+            if self._in:
+                self.state = CLOSED
+                raise NbdProtocolError("data sent after STARTTLS before its reply")
+            self._out += option_reply(option, p.REP_ACK)
+            self._go("starttls")
+            return StartTls()
+        self._go("answered_inline")
+        return None
 
     def _opt_list(self, option: int, data: bytes):
         if data:
@@ -328,6 +405,11 @@ class ServerHandshake:
         return None
 
     # -- shell answers -----------------------------------------------------------
+    def tls_started(self) -> None:
+        """The TLS handshake after a StartTls succeeded: options go on inside TLS."""
+        self._go("tls_started")
+        self.tls_pending = False
+
     def reply_list(self, names) -> None:
         """Answer a ListRequest with the provider's export names."""
         if not isinstance(self._current, ListRequest):
@@ -385,6 +467,7 @@ class ServerHandshake:
 _HANDLERS = {
     p.OPT_EXPORT_NAME: ServerHandshake._opt_export_name,
     p.OPT_ABORT: ServerHandshake._opt_abort,
+    p.OPT_STARTTLS: ServerHandshake._opt_starttls,
     p.OPT_LIST: ServerHandshake._opt_list,
     p.OPT_INFO: ServerHandshake._opt_info_go,
     p.OPT_GO: ServerHandshake._opt_info_go,

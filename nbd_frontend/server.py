@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 
 import gevent
@@ -39,6 +40,7 @@ from common.sockio import BufferWriter
 from common.stages import NULL
 from common.workers import Workers
 from nbd_frontend import protocol as p
+from nbd_frontend import tls as nbd_tls
 from nbd_frontend.export import Export, ExportProvider, errno_for, option_error_for
 from nbd_frontend.handshake import (
     CLOSED,
@@ -47,6 +49,7 @@ from nbd_frontend.handshake import (
     ListRequest,
     Ready,
     ServerHandshake,
+    StartTls,
 )
 from nbd_frontend.protocol import NEED_DATA, NbdProtocolError, Request, RequestParser
 
@@ -59,8 +62,13 @@ class NbdServer:
     """NBD server for the exports of one provider.
 
     ``NbdServer(provider, host, port, *, pool_size=64, max_connections=1024,
-    handshake_timeout_s=30.0)``; ``start()``, ``stop()``, ``address``,
-    ``drop_export_clients(name) -> int``.  Port 0 picks a free port.
+    handshake_timeout_s=30.0, tls_dir=None, max_options=64)``; ``start()``, ``stop()``,
+    ``address``, ``drop_export_clients(name) -> int``.  Port 0 picks a free port.
+
+    ``tls_dir``: x509 files (`nbd_frontend.tls`); clients must then STARTTLS with a
+    certificate of that CA.  Unusable files raise ``InvalidRequest`` here.  The
+    handshake of one connection (TLS included) must end within
+    ``handshake_timeout_s`` of accept and send at most ``max_options`` options.
     """
 
     def __init__(self, provider: ExportProvider, host: str = "127.0.0.1", port: int = 10809, *,
@@ -69,6 +77,7 @@ class NbdServer:
                  tls_dir=None, queue_bytes: int = 64 << 20, max_options: int = 64):
         self.provider = provider
         self.tls_dir = tls_dir              # x509 files: TLS required (None: plaintext)
+        self.tls_context = nbd_tls.server_context(tls_dir) if tls_dir is not None else None
         self.queue_bytes = queue_bytes      # per connection: replies queued + payloads buffered
         self.max_options = max_options      # options in one handshake
         # request received (parsed) to reply queued, per command: labels(op).observe(s)
@@ -91,7 +100,8 @@ class NbdServer:
         self._server = StreamServer(self._listen, self._handle,
                                     spawn=Pool(self._max_connections))
         self._server.start()
-        log.info("nbd server listening on %s:%d", *self.address)
+        log.info("nbd server listening on %s:%d%s", *self.address,
+                 f" (TLS required, x509 files in {self.tls_dir})" if self.tls_context else "")
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Close the listener and every client connection; wait for them to end."""
@@ -244,20 +254,34 @@ class _Connection:
 
     # -- handshake --------------------------------------------------------------------
     def _handshake(self) -> tuple[Ready | None, bytes]:
-        hs = ServerHandshake()
-        self.sock.settimeout(self.server.handshake_timeout_s)
+        """Negotiate; (Ready, bytes already received for transmission), or (None, b"").
+
+        One deadline, ``handshake_timeout_s`` after accept, covers every wait for the
+        client (reads, writes, the TLS handshake): a client trickling bytes cannot
+        stretch it.  The provider calls it answers (list, describe, open) are not
+        interrupted, since an open cut in the middle could leave a lock behind; their
+        time counts against the deadline all the same."""
+        server = self.server
+        hs = ServerHandshake(tls=server.tls_context is not None, max_options=server.max_options)
+        deadline = time.monotonic() + server.handshake_timeout_s
         while True:
             event = hs.next_event()
             if event is NEED_DATA:
-                out = hs.data_to_send()
-                if out:
-                    self.sock.sendall(out)
-                if hs.state == CLOSED:
-                    return None, b""
-                data = self.sock.recv(65536)
+                with self._client_io(deadline):
+                    out = hs.data_to_send()
+                    if out:
+                        self.sock.sendall(out)
+                    if hs.state == CLOSED:
+                        return None, b""
+                    data = self.sock.recv(65536)
                 if not data:
                     return None, b""
                 hs.receive_data(data)
+            elif isinstance(event, StartTls):
+                with self._client_io(deadline):
+                    self.sock.sendall(hs.data_to_send())
+                    self._start_tls()
+                hs.tls_started()
             elif isinstance(event, ListRequest):
                 hs.reply_list(self._list_exports())
             elif isinstance(event, ExportRequest):
@@ -265,9 +289,28 @@ class _Connection:
             elif isinstance(event, Aborted):
                 log.debug("nbd client %s aborted the handshake", self.peer)
             elif isinstance(event, Ready):
-                self.sock.sendall(hs.data_to_send())
-                self.sock.settimeout(None)
+                with self._client_io(deadline):
+                    self.sock.sendall(hs.data_to_send())
                 return event, hs.trailing_data()
+
+    def _client_io(self, deadline: float) -> gevent.Timeout:
+        """A timeout for waiting on the client until the handshake ``deadline``."""
+        limit = self.server.handshake_timeout_s
+        return gevent.Timeout(max(deadline - time.monotonic(), 0.0),
+                              NbdProtocolError(f"handshake not finished within {limit:g} s"))
+
+    def _start_tls(self) -> None:
+        """TLS on this socket after the STARTTLS ACK; the connection then reads and
+        writes through it, and its peer name carries the client certificate's CN."""
+        try:
+            tls = nbd_tls.start(self.server.tls_context, self.sock)
+        except ssl.SSLError as exc:
+            why = getattr(exc, "verify_message", None) or exc.reason or exc
+            raise NbdProtocolError(f"TLS handshake failed: {why}") from None
+        self.sock = tls
+        self._writer = BufferWriter(nbd_tls.TlsSender(tls), on_error=self._send_failed)
+        self.peer = f"{self.peer} cn={nbd_tls.peer_common_name(tls)}"
+        log.info("nbd client %s: %s established", self.peer, tls.version())
 
     def _list_exports(self) -> list[str]:
         try:

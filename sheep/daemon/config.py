@@ -5,6 +5,9 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import SheepError
+from nbd_frontend import tls as nbd_tls
+
 DEFAULT_KEYS_DIR = Path("/etc/sheepdog")
 
 
@@ -164,6 +167,11 @@ def parse_args(argv: list[str] | None = None) -> SheepConfig:
         p.error("--nbd-queue-bytes must hold at least one 32 MiB request (33554432 + 1 MiB)")
     if a.nbd_handshake_timeout <= 0:
         p.error("--nbd-handshake-timeout must be > 0 (seconds)")
+    if a.nbd_tls_dir is not None:
+        try:
+            nbd_tls.server_context(a.nbd_tls_dir)    # refuse to start on unusable files
+        except SheepError as exc:
+            p.error(f"--nbd-tls-dir: {exc.message}")
     return SheepConfig(dir=a.dir, zk_hosts=a.zk, cluster=a.cluster, addr=a.addr,
                        listen=a.listen, port=a.port, admin_port=a.admin_port,
                        nbd_port=a.nbd_port, zone=a.zone, weight=weight, gateway=a.gateway,

@@ -153,7 +153,7 @@ def test_abort_acks_and_closes():
         hs.receive_data(b"x")
 
 
-@pytest.mark.parametrize("option", [p.OPT_PEEK_EXPORT, p.OPT_STARTTLS, p.OPT_EXTENDED_HEADERS, 99])
+@pytest.mark.parametrize("option", [p.OPT_PEEK_EXPORT, p.OPT_EXTENDED_HEADERS, 99])
 def test_unknown_option_gets_unsup_and_handshake_goes_on(option):
     hs = started()
     hs.receive_data(opt(option, b"xyz") + opt(p.OPT_LIST))
