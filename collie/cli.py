@@ -18,11 +18,13 @@ import stat
 import sys
 import traceback
 from contextlib import contextmanager
+from pathlib import Path
 
 from collie import render
 from collie.client import AdminClient, CollieError, Exit, quoted, vdi_path
 from collie.progress import Progress
 from collie.sizes import format_size, parse_size
+from collie.tokens import TokenError, find_token, write_token
 
 CHUNK_BYTES = 4 << 20
 DEFAULT_ADDR = "127.0.0.1"
@@ -129,6 +131,22 @@ def cmd_cluster_shutdown(client, args) -> int:
     with _route("cluster shutdown", route_only=True):
         answer = client.post("/cluster/shutdown", {})
     return _emit(args, answer, "cluster shutdown requested")
+
+
+def cmd_cluster_rotate_token(client, args) -> int:
+    """A new admin token for the whole cluster; written back to the file collie read the
+    old one from (every sheep rewrites its own copy), else printed."""
+    with _route("cluster rotate-token", route_only=True):
+        answer = client.post("/cluster/token", {"token": args.new_token} if args.new_token else {})
+    token, source = answer.get("token", ""), args.token.file
+    if source is not None:
+        try:
+            write_token(source, token)
+        except OSError as err:
+            raise CollieError(f"token rotated, but {source} cannot be written ({err.strerror}): "
+                              f"the new token is {token}") from None
+        return _emit(args, {"file": str(source)}, f"admin token rotated; new token in {source}")
+    return _emit(args, answer, token)
 
 
 def cmd_cluster_recover(client, args) -> int:
@@ -364,6 +382,9 @@ def build_parser() -> Parser:
                         help=f"sheep address (env SHEEP_ADDR, default {DEFAULT_ADDR})")
     parser.add_argument("-p", "--port", dest="port", type=port_arg, default=None,
                         help=f"sheep admin port (env SHEEP_ADMIN_PORT, default {DEFAULT_ADMIN_PORT})")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="file holding the admin token (else env SHEEP_ADMIN_TOKEN, "
+                             "SHEEP_ADMIN_TOKEN_FILE, ~/.config/collie/token)")
     parser.add_argument("--debug", action="store_true", help="log HTTP requests; tracebacks on errors")
     parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
 
@@ -375,6 +396,7 @@ def build_parser() -> Parser:
     leaf.add_argument("-p", "--port", dest="port", type=port_arg, default=argparse.SUPPRESS,
                       help=argparse.SUPPRESS)
     leaf.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    leaf.add_argument("--token-file", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     groups = parser.add_subparsers(dest="group", metavar="{cluster,node,vdi}", required=True)
 
@@ -393,6 +415,10 @@ def build_parser() -> Parser:
                    help="object size as a power of two (default 22: 4 MiB)")
     add(cluster, "info", cmd_cluster_info, "show cluster status and epoch history")
     add(cluster, "shutdown", cmd_cluster_shutdown, "stop every sheep cleanly")
+    p = add(cluster, "rotate-token", cmd_cluster_rotate_token,
+            "replace the admin token of every sheep (the old one stops working)")
+    p.add_argument("--token", dest="new_token", default=None,
+                   help="the new token (default: a random one)")
     p = add(cluster, "recover", cmd_cluster_recover,
             "enable/disable automatic recovery, or force a waiting cluster to go on without missing nodes")
     p.add_argument("action", choices=("enable", "disable", "force"))
@@ -480,7 +506,13 @@ def main(argv=None, client_factory=AdminClient) -> int:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        client = client_factory(args.addr, args.port)
+        try:
+            token = find_token(args.token_file)
+        except TokenError as err:
+            raise CollieError(str(err), Exit.UNREACHABLE) from None
+        args.token = token
+        client = client_factory(args.addr, args.port, token=token.value,
+                                token_source=token.source)
         try:
             return int(args.func(client, args))
         finally:

@@ -4,7 +4,7 @@ Every failure leaves this module as ``CollieError(message, exit_code)``, whose
 message is one line meant for the user.  The table (docs/internals.md, "HTTP
 admin API", and DESIGN.md section 8) is:
 
-    400 -> 1, 404 -> 5, 409 -> 3 (code "Locked" -> 1), 416 -> 1, 423 -> 1,
+    400 -> 1, 401 -> 2, 404 -> 5, 409 -> 3 (code "Locked" -> 1), 416 -> 1, 423 -> 1,
     503 -> 2, 507 -> 4, anything else -> 1;
     connection refused / timeout / name resolution failure -> 2.
 
@@ -39,6 +39,7 @@ class Exit(enum.IntEnum):
 
 _STATUS_EXIT = {
     400: Exit.FAILURE,
+    401: Exit.UNREACHABLE,
     404: Exit.NOT_FOUND,
     409: Exit.EXISTS,
     416: Exit.FAILURE,
@@ -108,7 +109,8 @@ class AdminClient:
     ``CollieError``.  ``timeout_s`` bounds the connect and each read.
     """
 
-    def __init__(self, addr: str, port: int, timeout_s: float = 180, connect_timeout_s: float = 5):
+    def __init__(self, addr: str, port: int, timeout_s: float = 180, connect_timeout_s: float = 5,
+                 token: str | None = None, token_source: str = "") -> None:
         self.addr = addr
         self.port = port
         self.timeout_s = timeout_s
@@ -118,6 +120,9 @@ class AdminClient:
         self.session = requests.Session()
         # Admin traffic goes straight to the sheep: never through an HTTP(S)_PROXY from the environment.
         self.session.trust_env = False
+        self.token_source = token_source
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     @property
     def where(self) -> str:
@@ -158,6 +163,12 @@ class AdminClient:
             raise CollieError(f"cannot reach sheep at {self.where}: {describe_connection_error(exc)}",
                               Exit.UNREACHABLE) from exc
         log.debug("%s %s -> %d (%d bytes)", method, url, resp.status_code, len(resp.content))
+        if resp.status_code == 401:
+            err = error_from_response(method, path, resp.status_code, resp.reason or "",
+                                      resp.content)
+            raise CollieError(f"sheep at {self.where} refused the request: {err.message} "
+                              f"(token from {self.token_source or 'nowhere'})",
+                              Exit.UNREACHABLE, status=401, code=err.code)
         if resp.status_code >= 400:
             raise error_from_response(method, path, resp.status_code, resp.reason or "", resp.content)
         return resp

@@ -6,7 +6,9 @@
 
 `up` starts a private ZooKeeper (the system's install) and N sheep on loopback
 (node i: admin port 7000+i, peer port 7100+i, NBD port 10809+i by default), formats the
-cluster, creates a demo VDI and prints how to reach it.  `down` stops exactly
+cluster, creates a demo VDI and prints how to reach it.  The cluster's secret and admin
+token are in DIR/keys; `up` also copies the token to collie's per-user token file
+(~/.config/collie/token) so that a plain `collie vdi list` works.  `down` stops exactly
 the processes `up` recorded in DIR/cluster.json.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import requests
 
+from collie.tokens import user_token_file, write_token
 from sheepdog_local.local_cluster import STATE_FILE, LocalCluster, stop_recorded
 from sheepdog_local.zookeeper import pid_alive
 
@@ -71,11 +74,13 @@ def cmd_up(args) -> int:
                            ports=ports)
     try:
         cluster.start()
-        api = cluster.sheep[0].admin_url
+        first = cluster.sheep[0]
         copies = args.copies or min(3, args.nodes)
-        _post(api + "/cluster/format", {"copies": copies})
+        _post(first, "/cluster/format", {"copies": copies})
         if args.vdi:
-            _post(api + "/vdis", {"name": args.vdi, "size": args.vdi_size})
+            _post(first, "/vdis", {"name": args.vdi, "size": args.vdi_size})
+        user_token = user_token_file()
+        write_token(user_token, first.token)
     except (RuntimeError, OSError, requests.RequestException) as exc:
         print(f"sheepdog-local: {exc}", file=sys.stderr)
         print(cluster.logs(), file=sys.stderr)
@@ -86,7 +91,8 @@ def cmd_up(args) -> int:
     for s in cluster.sheep:
         print(f"  sheep{s.index}: node {s.node_id}  admin {s.admin_port}  nbd {s.nbd_port}  "
               f"log {s.log_path}")
-    print(f"collie:  collie -p {cluster.sheep[0].admin_port} vdi list")
+    print(f"collie:  collie -p {first.admin_port} vdi list   (admin token: {user_token}, "
+          f"a copy of {first.token_file})")
     print(f"zkCli:   /usr/share/zookeeper/bin/zkCli.sh -server {cluster.zk.hosts} "
           f"ls /sheepdog/{args.cluster}")
     if args.vdi:
@@ -98,8 +104,9 @@ def cmd_up(args) -> int:
     return 0
 
 
-def _post(url: str, body: dict) -> None:
-    r = requests.post(url, json=body, timeout=30)
+def _post(node, path: str, body: dict) -> None:
+    url = node.admin_url + path
+    r = requests.post(url, json=body, headers=node.auth, timeout=30)
     if r.status_code >= 400:
         raise RuntimeError(f"POST {url}: {r.json().get('error', r.text)}")
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 from typing import Callable
 from urllib.parse import parse_qs
 
-from gevent.pywsgi import WSGIServer
+import gevent
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from common import errors as E
+from sheep.admin.auth import AdminPolicy
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +28,13 @@ STATUS_BY_ERROR: list[tuple[type, int]] = [
     (E.Degraded, 503),
     (E.Unavailable, 503), (E.Shutdown, 503), (E.NoSpace, 507),
 ]
-REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405:
-           "Method Not Allowed", 409: "Conflict", 416: "Range Not Satisfiable", 423: "Locked",
-           500: "Internal Server Error", 503: "Service Unavailable", 507: "Insufficient Storage"}
+REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
+           404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
+           415: "Unsupported Media Type", 416: "Range Not Satisfiable", 421: "Misdirected Request",
+           423: "Locked", 500: "Internal Server Error", 503: "Service Unavailable",
+           507: "Insufficient Storage"}
 DATA_CHUNK = 4 << 20
+HEAD_TIMEOUT_S = 10.0    # request line and headers, and an idle keep-alive connection
 
 
 def status_for(exc: E.SheepError) -> int:
@@ -38,13 +45,18 @@ def status_for(exc: E.SheepError) -> int:
 
 
 class Request:
-    def __init__(self, environ: dict, params: dict) -> None:
+    def __init__(self, environ: dict, params: dict, max_body: int = 1 << 20) -> None:
         self.environ = environ
         self.params = params
+        self.max_body = max_body
         self.query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
 
     def json(self) -> dict:
-        raw = self.environ["wsgi.input"].read(int(self.environ.get("CONTENT_LENGTH") or 0) or -1)
+        declared = int(self.environ.get("CONTENT_LENGTH") or 0)
+        # a chunked body has no length: read one byte past the cap to see it is too long
+        raw = self.environ["wsgi.input"].read(declared or self.max_body + 1)
+        if len(raw) > self.max_body:
+            raise E.InvalidRequest(f"request body is over {self.max_body} bytes")
         if not raw:
             return {}
         try:
@@ -104,14 +116,27 @@ class Response:
 class AdminApp:
     """WSGI application; handlers are registered by `sheep.admin.routes`."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, policy: AdminPolicy | None = None) -> None:
         self.router = router
+        self.policy = policy
 
     def __call__(self, environ, start_response):
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
+        route = path.rstrip("/") or "/"
+        refusal = self.policy.check(method, route, environ) if self.policy else None
+        if refusal is not None:
+            if refusal.status != 421:
+                log.warning("admin %s %s from %s refused: %s", method, path,
+                            environ.get("REMOTE_ADDR"), refusal.message)
+            data = json.dumps({"error": refusal.message, "code": refusal.code}).encode() + b"\n"
+            start_response(f"{refusal.status} {REASONS.get(refusal.status, 'Refused')}",
+                           [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(data))), *refusal.headers])
+            return [data]
+        max_body = self.policy.max_body if self.policy else 1 << 20
         try:
-            handler, params = self.router.match(method, path.rstrip("/") or "/")
-            result = handler(Request(environ, params))
+            handler, params = self.router.match(method, route)
+            result = handler(Request(environ, params, max_body))
             if not isinstance(result, Response):
                 result = Response(result)
         except E.SheepError as exc:
@@ -141,9 +166,33 @@ class AdminApp:
         return [data]
 
 
+class _Handler(WSGIHandler):
+    """pywsgi's handler with one deadline for a request's line and headers (an idle
+    keep-alive connection included): a client trickling bytes cannot hold a worker."""
+
+    def read_requestline(self):
+        self._head_deadline = gevent.Timeout.start_new(
+            HEAD_TIMEOUT_S, socket.timeout("admin request head timed out"))
+        try:
+            return super().read_requestline()
+        except BaseException:
+            self._head_deadline.cancel()
+            raise
+
+    def read_request(self, raw_requestline):
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._head_deadline.cancel()
+
+
 class AdminServer:
-    def __init__(self, app: AdminApp, host: str, port: int) -> None:
-        self._server = WSGIServer((host, port), app, log=None, error_log=log)
+    """The admin API's listener: at most ``workers`` connections served at once (more
+    wait in the kernel's backlog), each request's head read under `HEAD_TIMEOUT_S`."""
+
+    def __init__(self, app: AdminApp, host: str, port: int, workers: int = 64) -> None:
+        self._server = WSGIServer((host, port), app, log=None, error_log=log,
+                                  handler_class=_Handler, spawn=Pool(workers))
 
     def start(self) -> None:
         self._server.start()

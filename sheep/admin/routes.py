@@ -19,6 +19,7 @@ def build_router(sheep) -> Router:
     api = _Api(sheep)
     r.add("GET", "/cluster", api.cluster)
     r.add("POST", "/cluster/format", api.format)
+    r.add("POST", "/cluster/token", api.rotate_token)
     r.add("GET", "/nodes", api.nodes)
     r.add("GET", "/node", api.node)
     r.add("GET", "/vdis", api.vdi_list)
@@ -53,6 +54,17 @@ class _Api:
     def health(self, req: Request):
         """Is this daemon up?  Needs no token (load balancers, launchers): says nothing else."""
         return {"ok": True}
+
+    def rotate_token(self, req: Request):
+        """A new admin token for the whole cluster (``token``: given, else random)."""
+        body = req.json()
+        given = body.get("token")
+        if given is not None and not isinstance(given, str):
+            raise InvalidRequest("field 'token' must be a string")
+        try:
+            return {"token": self.sheep.admin_token.rotate(given)}
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
 
     # -- cluster ---------------------------------------------------------------
     def cluster(self, req: Request):

@@ -2,21 +2,21 @@
 
 | method, path | body / query | answer |
 |---|---|---|
-| POST /vdis/NAME/snapshot | `{"tag", "hops"?}` | 201 `{"snapshot": entry, "working": entry}` |
+| POST /vdis/NAME/snapshot | `{"tag"}` | 201 `{"snapshot": entry, "working": entry}` |
 | POST /vdis/SRC/clone | `{"tag", "name"}` | 201 the clone's entry |
 | POST /vdis/NAME/rollback | `{"tag"}` | the new working entry |
 | GET /vdis/NAME/snapshots/TAG | | the snapshot's entry (with used/shared bytes) |
 | DELETE /vdis/NAME/snapshots/TAG | | `{}` |
 | GET /vdis/NAME/snapshots/TAG/data | `?offset=&length=` | raw bytes |
 
-``hops`` is set by a sheep forwarding a snapshot to the node that holds the
-VDI's lock (`sheep.volumes.snapshots`); clients leave it out.
+A snapshot of a VDI locked by another node is forwarded to that node over the
+(authenticated) peer protocol (`sheep.volumes.snapshots`, `Sheep._forward_snapshot`).
 """
 from __future__ import annotations
 
-from common.errors import InvalidRequest
+from common.errors import InvalidRequest, NotReady
 from sheep.admin.app import Request, Response, Router, volume_range_response
-from sheep.volumes.snapshots import MAX_HOPS, SnapshotService
+from sheep.volumes.snapshots import SnapshotService
 
 
 def register(r: Router, sheep) -> None:
@@ -33,24 +33,17 @@ def register(r: Router, sheep) -> None:
 class _VolumeApi:
     def __init__(self, sheep) -> None:
         self.sheep = sheep
-        self._service: SnapshotService | None = None
 
     @property
     def service(self) -> SnapshotService:
-        # built on first use: the daemon creates its VDI service and exports after the routes
-        if self._service is None or self._service.vdis is not self.sheep.vdis:
-            s = self.sheep
-            self._service = SnapshotService(s.vdis, s.locks, s.exports,
-                                            s.coordinator.members, s.node_id)
-        return self._service
+        # the daemon creates its snapshot service (with its VDI service) after the routes
+        if self.sheep.snapshots is None:
+            raise NotReady("this sheep is not serving VDIs yet")
+        return self.sheep.snapshots
 
     def snapshot(self, req: Request):
         body = req.json()
-        hops = body.get("hops", 0)
-        if not isinstance(hops, int) or not 0 <= hops <= MAX_HOPS:
-            raise InvalidRequest("field 'hops' must be a small integer")
-        return Response(self.service.snapshot(req.params["name"], body.get("tag"), hops),
-                        status=201)
+        return Response(self.service.snapshot(req.params["name"], body.get("tag")), status=201)
 
     def clone(self, req: Request):
         body = req.json()

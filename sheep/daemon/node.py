@@ -14,8 +14,10 @@ import gevent
 from gevent import monkey
 from gevent.event import Event
 
-from common.errors import NotReady, StoreMismatch
+from common.errors import InvalidRequest, NotReady, StoreMismatch
 from common.secrets import ClusterSecret, SecretError
+from coordinator.acl import private_acl
+from coordinator.admin_token import AdminToken
 from coordinator.attachments import Attachments
 from coordinator.catalog import Catalog
 from coordinator.cluster import Coordinator
@@ -23,6 +25,7 @@ from coordinator.locks import VdiLocks
 from coordinator.ring import Member
 from nbd_frontend.server import NbdServer
 from sheep.admin.app import AdminApp, AdminServer
+from sheep.admin.auth import AdminPolicy, admin_names
 from sheep.admin.metrics import StageMetrics
 from sheep.admin.routes import build_router
 from sheep.daemon.config import SheepConfig
@@ -43,11 +46,14 @@ from sheep.store.storedir import StoreDir
 from sheep.volumes.handoff import HandoffPolicy
 from sheep.volumes.nbd_exports import VdiExportProvider
 from sheep.volumes.service import VdiService
+from sheep.volumes.snapshots import MAX_HOPS, SnapshotService
 from vdi import objects
 
 log = logging.getLogger("sheep")
 
 MAX_BLOCK_SIZE_SHIFT = 26
+SNAPSHOT_OP = "vdi_snapshot"           # a snapshot forwarded to the VDI's lock holder
+SNAPSHOT_FORWARD_TIMEOUT_S = 120.0
 
 
 class Sheep:
@@ -70,8 +76,11 @@ class Sheep:
         self.peer_server = PeerServer(self._handle_peer, config.bind_addr, config.port,
                                       key=self.secret.peer_key,
                                       max_connections=config.peer_max_connections)
-        self.admin_server = AdminServer(AdminApp(build_router(self)), config.listen_admin,
-                                        config.admin_port)
+        policy = AdminPolicy(lambda: self.admin_token.current, admin_names(config),
+                             max_body=config.admin_max_body)
+        self.admin_server = AdminServer(AdminApp(build_router(self), policy),
+                                        config.listen_admin, config.admin_port,
+                                        workers=config.admin_workers)
         self.member = Member(node_id=self.node_id, addr=config.addr, port=config.port,
                              admin_port=config.admin_port, nbd_port=config.nbd_port,
                              zone=config.zone, weight=config.weight, started=time.time())
@@ -82,10 +91,12 @@ class Sheep:
                                        on_epoch=self._on_epoch, on_fence=self._on_fence,
                                        on_unfence=self._on_unfence,
                                        on_cluster=self.lifecycle.on_cluster,
-                                       secret=self.secret)
+                                       secret=self.secret, on_refused=self._zk_refused)
         self.catalog = Catalog(self.coordinator.client, config.cluster)
         self.locks = VdiLocks(self.coordinator.client, config.cluster)
         self.attachments = Attachments(self.coordinator.client, config.cluster)
+        self.admin_token = AdminToken(self.coordinator.client, config.cluster,
+                                      config.admin_token_path, acl=private_acl(self.secret))
         self.replica: Replica | None = None
         self.gateway: Gateway | None = None
         self.recovery: Recovery | None = None
@@ -93,6 +104,7 @@ class Sheep:
         self.scrubber: Scrubber | None = None
         self.vdis: VdiService | None = None
         self.exports: VdiExportProvider | None = None
+        self.snapshots: SnapshotService | None = None
         self.nbd = None
         self._session_seen: int | None = None
 
@@ -104,6 +116,7 @@ class Sheep:
         # every member must answer from then on).
         try:
             self.coordinator.start(admit=self._admit_and_open)
+            self.admin_token.load()
         except BaseException:
             self._stop_parts()
             raise
@@ -188,6 +201,8 @@ class Sheep:
                              handshake_timeout_s=cfg.nbd_handshake_timeout_s,
                              max_options=cfg.nbd_max_options)
         self.exports.server = self.nbd
+        self.snapshots = SnapshotService(self.vdis, self.locks, self.exports, coord.members,
+                                         self.node_id, forward=self._forward_snapshot)
 
     def _admit_and_open(self, fmt: dict | None) -> None:
         if self.config.gateway:
@@ -205,6 +220,12 @@ class Sheep:
         """The store lost writes it had acknowledged (a failed fsync): leave the cluster,
         so the other replicas are the ones read and the leader re-replicates them."""
         log.critical("node=%s store failed (%s): leaving the cluster", self.node_id, why)
+        self.exit_code = 1
+        self.stop()
+
+    def _zk_refused(self) -> None:
+        """ZooKeeper's ACLs no longer admit this sheep's secret (the coordinator logged
+        why): leave, exit non-zero."""
         self.exit_code = 1
         self.stop()
 
@@ -283,7 +304,21 @@ class Sheep:
             if self.exports is not None:
                 self.exports.reattach()     # the old session's attachments are gone
 
+    def _forward_snapshot(self, member, request: dict) -> dict:
+        """Ask ``member`` (the VDI's lock holder) to take a snapshot, over the peer protocol."""
+        reply = self.peers.call(member.addr, member.port, {"op": SNAPSHOT_OP, **request},
+                                timeout_s=SNAPSHOT_FORWARD_TIMEOUT_S)
+        return reply.header["result"]
+
     def _handle_peer(self, header: dict, payload):
+        if header.get("op") == SNAPSHOT_OP:
+            if self.snapshots is None:
+                raise NotReady(f"node {self.node_id} is not serving VDIs yet")
+            hops = header.get("hops")
+            if not isinstance(hops, int) or not 0 < hops <= MAX_HOPS:
+                raise InvalidRequest("vdi_snapshot needs hops in 1..MAX_HOPS")
+            return {"result": self.snapshots.snapshot(header.get("name"), header.get("tag"),
+                                                      hops)}, b""
         if self.replica is None:
             if self.config.gateway:
                 return self._gateway_peer_op(header)

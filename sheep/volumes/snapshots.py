@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import logging
 import time
-from urllib.parse import quote
 
 import gevent
-import requests
 
 from common import errors as E
 from common.errors import AlreadyExists, InvalidRequest, Locked, NotFound, Unavailable
@@ -42,7 +40,6 @@ log = logging.getLogger(__name__)
 MAX_TAG_BYTES = 256
 MAX_HOPS = 3
 LOCK_WAIT_S = 30.0
-FORWARD_TIMEOUT_S = 120.0
 
 
 def validate_tag(tag) -> str:
@@ -58,8 +55,12 @@ def validate_tag(tag) -> str:
 
 
 class SnapshotService:
-    def __init__(self, vdis, locks, exports, members, node_id: str) -> None:
+    def __init__(self, vdis, locks, exports, members, node_id: str, forward=None) -> None:
+        """``forward(member, request) -> answer`` sends a snapshot request to the node
+        holding the VDI's lock (the daemon sends it over the authenticated peer protocol;
+        the admin API may listen on loopback only)."""
         self.vdis = vdis
+        self.forward = forward
         self.locks = locks
         self.exports = exports          # VdiExportProvider of this node
         self.members = members          # () -> current Members
@@ -151,23 +152,11 @@ class SnapshotService:
         return None
 
     def _forward(self, member, name: str, tag: str, hops: int) -> dict:
-        url = f"http://{member.addr}:{member.admin_port}/vdis/{quote(name, safe='')}/snapshot"
+        if self.forward is None:
+            raise Unavailable(f"VDI '{name}' is locked by node {member.node_id}: "
+                              "take the snapshot there")
         log.info("vdi=%s snapshot forwarded to lock holder %s", name, member.node_id)
-        try:
-            r = requests.post(url, json={"tag": tag, "hops": hops}, timeout=FORWARD_TIMEOUT_S)
-        except requests.RequestException as exc:
-            raise Unavailable(f"cannot reach node {member.node_id} holding VDI '{name}': "
-                              f"{exc.__class__.__name__}") from None
-        try:
-            body = r.json()
-        except ValueError:
-            body = {}
-        if r.status_code >= 400:
-            cls = getattr(E, str(body.get("code")), None)
-            if not (isinstance(cls, type) and issubclass(cls, E.SheepError)):
-                cls = E.SheepError
-            raise cls(body.get("error") or f"node {member.node_id} answered {r.status_code}")
-        return body
+        return self.forward(member, {"name": name, "tag": tag, "hops": hops})
 
     # -- clone and rollback ---------------------------------------------------------
     def clone(self, src: str, tag, dst: str) -> dict:

@@ -45,7 +45,11 @@ def collie(node, *args, input: bytes | None = None, check: bool = True,
     """Run the real `collie` command against one sheep's admin port."""
     cmd = ([COLLIE] if COLLIE else [sys.executable, "-m", "collie"])
     cmd += ["-p", str(node.admin_port), *args]
-    proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout)
+    env = dict(os.environ)
+    token_file = getattr(node, "token_file", None)
+    if token_file is not None:
+        env["SHEEP_ADMIN_TOKEN_FILE"] = str(token_file)
+    proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}: "
                              f"{proc.stderr.decode(errors='replace')}")
@@ -53,8 +57,11 @@ def collie(node, *args, input: bytes | None = None, check: bool = True,
 
 
 def api(node, path: str, method: str = "GET", **kwargs):
-    r = requests.request(method, node.admin_url + path, timeout=60, **kwargs)
-    return r
+    """One admin API request with the node's token (a POST with no body sends ``{}``)."""
+    headers = {**getattr(node, "auth", {}), **kwargs.pop("headers", {})}
+    if method == "POST" and "json" not in kwargs and "data" not in kwargs:
+        kwargs["json"] = {}
+    return requests.request(method, node.admin_url + path, timeout=60, headers=headers, **kwargs)
 
 
 def api_json(node, path: str, method: str = "GET", **kwargs):

@@ -19,7 +19,7 @@ ALLOWED = {
     "vdi": {"common", "coordinator.ring"},
     "nbd_frontend": {"common"},
     "collie": set(),                    # talks HTTP only
-    "sheepdog_local": set(),            # runs processes; imports none of them
+    "sheepdog_local": {"collie"},       # runs processes; shares collie's token file
     "sheep.store": {"common"},
     "sheep.peer": {"common"},
     "sheep.replication": {"common", "coordinator.ring", "sheep.store", "sheep.peer",

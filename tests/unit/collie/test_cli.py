@@ -65,7 +65,7 @@ class FakeClient:
 
 def run(argv, fake, capsys=None):
     """main() with the fake client; returns (exit code, stdout, stderr)."""
-    code = cli.main(argv, client_factory=lambda addr, port: fake)
+    code = cli.main(argv, client_factory=lambda addr, port, **kw: fake)
     out, err = capsys.readouterr() if capsys else ("", "")
     return code, out, err
 
@@ -134,7 +134,7 @@ def test_offset_and_length_accept_suffixes():
 def test_main_passes_address_to_factory_and_closes_client(capsys):
     seen = []
     fake = FakeClient({("GET", "/vdis"): {"vdis": []}})
-    code = cli.main(["-a", "h", "-p", "7001", "vdi", "list"], client_factory=lambda a, p: seen.append((a, p)) or fake)
+    code = cli.main(["-a", "h", "-p", "7001", "vdi", "list"], client_factory=lambda a, p, **kw: seen.append((a, p)) or fake)
     assert code == 0 and seen == [("h", 7001)] and fake.closed
 
 
@@ -224,7 +224,7 @@ def test_vdi_read_range(capsysbinary):
 
 def test_vdi_read_range_past_end_fails_before_streaming(capsysbinary):
     fake = FakeClient(disk=b"x" * 4096)
-    code = cli.main(["vdi", "read", "test", "4000", "200"], client_factory=lambda a, p: fake)
+    code = cli.main(["vdi", "read", "test", "4000", "200"], client_factory=lambda a, p, **kw: fake)
     assert code == 1
     captured = capsysbinary.readouterr()
     assert captured.out == b"" and b"past the end" in captured.err
