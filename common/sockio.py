@@ -79,6 +79,11 @@ class BufferWriter:
 
     A failed write closes the socket and calls ``on_error`` (if given); the
     connection's reader then fails too, and whoever waits for replies learns it there.
+
+    ``queued_bytes`` is what was queued and not yet taken by the kernel and
+    ``queued_buffers`` how many buffers wait (a bound on user-space memory held for
+    replies); ``on_sent`` (if set) is called after every ``sendmsg`` that moved bytes,
+    e.g. to wake a reader waiting for that memory to be freed.
     """
 
     def __init__(self, sock: socket.socket, on_error=None) -> None:
@@ -88,12 +93,22 @@ class BufferWriter:
         self._queue: list = []
         self._scheduled = False
         self._on_error = on_error
+        self.on_sent = None
+        self.queued_bytes = 0
         self.error: BaseException | None = None
+
+    @property
+    def queued_buffers(self) -> int:
+        return len(self._queue)
 
     def send(self, *buffers) -> None:
         if self.error is not None:
             raise ConnectionError(f"connection failed: {self.error}")
-        self._queue.extend(b for b in buffers if memoryview(b).nbytes)
+        for b in buffers:
+            n = memoryview(b).nbytes
+            if n:
+                self._queue.append(b)
+                self.queued_bytes += n
         if not self._scheduled:
             self._scheduled = True
             if self._raw is not None:
@@ -117,6 +132,8 @@ class BufferWriter:
                     sent = self._raw.sendmsg(views)
                 except (BlockingIOError, InterruptedError):
                     sent = 0
+                if sent:
+                    self._moved(sent)
                 rest = _after(views, sent)
                 if rest:
                     self._queue[:len(views)] = rest
@@ -133,15 +150,25 @@ class BufferWriter:
         try:
             while self._queue:
                 batch, self._queue = self._queue[:MAX_IOV], self._queue[MAX_IOV:]
-                _sendmsg_all(self._sock, batch)
+                views = [memoryview(b).cast("B") for b in batch]
+                while views:
+                    sent = self._sock.sendmsg(views)
+                    self._moved(sent)
+                    views = _after(views, sent)
         except OSError as exc:
             self._failed(exc)
         finally:
             self._scheduled = False
 
+    def _moved(self, sent: int) -> None:
+        self.queued_bytes -= sent
+        if self.on_sent is not None:
+            self.on_sent()
+
     def _failed(self, exc: BaseException) -> None:
         self.error = exc
         self._queue = []
+        self.queued_bytes = 0
         self._scheduled = False
         try:
             self._sock.close()
@@ -161,9 +188,3 @@ def _after(views: list, sent: int) -> list:
     if rest and sent:
         rest[0] = rest[0][sent:]
     return rest
-
-
-def _sendmsg_all(sock: socket.socket, buffers: list) -> None:
-    views = [memoryview(b).cast("B") for b in buffers]
-    while views:
-        views = _after(views, sock.sendmsg(views))

@@ -155,6 +155,7 @@ U64 = struct.Struct("!Q")
 ERROR_CHUNK = struct.Struct("!IH")              # error, message length
 BLOCK_DESCRIPTOR = struct.Struct("!II")         # length, status flags
 U32 = struct.Struct("!I")
+_TYPE_LENGTH = struct.Struct("!6xH16xI")        # a request header's type and length
 
 assert REQUEST.size == 28 and SIMPLE_REPLY.size == 16 and STRUCTURED_HEADER.size == 20
 
@@ -232,6 +233,14 @@ class RequestParser:
         if self._pending is None or n < 0 or self._filled + n > len(self._pending.payload):
             raise NbdProtocolError("payload_received out of step")
         self._filled += n
+
+    def peek(self) -> tuple[int, int] | None:
+        """``(type, length)`` of the request ``next_event()`` will parse next, before it
+        allocates anything (a WRITE's payload); None while a WRITE payload is pending
+        or no whole header is buffered.  The magic is not checked here."""
+        if self._pending is not None or len(self._buf) < REQUEST.size:
+            return None
+        return _TYPE_LENGTH.unpack_from(self._buf)
 
     def next_event(self):
         if self._dead:

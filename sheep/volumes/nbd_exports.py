@@ -23,6 +23,11 @@ provider freezes the VDI (`sheep.volumes.snapshots.SnapshotService.freeze`) with
 export's own map, takes the new vid's lock, swaps the export's Volume to the
 new working vid and releases the old lock.  Reads are not held: both volumes
 read the same bytes while no write runs.  A hand-off closes the same barrier.
+
+Handshakes look names up in a cached catalog (`sheep.volumes.catalog_cache`): a
+LIST or INFO answers from a listing at most a second old, an unknown name is
+looked up once more in a fresh listing, and attaching re-reads the one entry it
+attaches (a single ZooKeeper read) so it never attaches a stale one.
 """
 from __future__ import annotations
 
@@ -32,9 +37,12 @@ import logging
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from common.errors import Fenced, ReadOnly, StaleGeneration, Unavailable
+from common.errors import Fenced, NotFound, ReadOnly, StaleGeneration, Unavailable
 from nbd_frontend.export import HOLE, ZERO
+from sheep.volumes.catalog_cache import CatalogCache
 from sheep.volumes.handoff import HandoffPolicy, WriteState
+from sheep.volumes.service import validate_name
+from vdi import family
 from sheep.volumes.write_right import WriteRightMixin
 from vdi.volume import Volume
 
@@ -215,6 +223,7 @@ class VdiExportProvider(WriteRightMixin):
         self._request_counts: dict[int, int] = {}   # vid -> writers waiting (watched vids)
         self._serving: set[int] = set()             # vids whose hand-off loop runs
         self._followers: dict[int, set] = {}        # vid -> exports told when its entry changes
+        self.catalog_cache = CatalogCache(vdis.entries)   # what handshakes look up
 
     @property
     def reclaimer(self):
@@ -222,7 +231,7 @@ class VdiExportProvider(WriteRightMixin):
 
     def list_exports(self) -> list[str]:
         out = []
-        for e in self.vdis.entries():
+        for e in self.catalog_cache.entries():
             if e.get("snapshot"):
                 out.append(f"{e['name']}@{e.get('tag') or e.get('snap_id')}")
             else:
@@ -230,10 +239,32 @@ class VdiExportProvider(WriteRightMixin):
         return out
 
     def _entry(self, name: str) -> dict:
+        """The entry export ``name`` names, from the cached catalog; NotFound if none."""
         base, tag = split_export_name(name)
+        validate_name(base)
         if tag is None:
-            return self.vdis.working(base)
-        return self.vdis.snapshot(base, tag)
+            found = self.catalog_cache.find(lambda entries: family.working_of(entries, base))
+            if found is None:
+                raise NotFound(f"VDI '{base}' not found")
+        else:
+            found = self.catalog_cache.find(
+                lambda entries: family.find_snapshot(entries, base, tag))
+            if found is None:
+                raise NotFound(f"snapshot '{tag}' of VDI '{base}' not found")
+        return found
+
+    def _current_entry(self, name: str) -> dict:
+        """Like ``_entry``, checked against ZooKeeper: the cached entry when it is
+        unchanged (one read), else the entry in a fresh listing."""
+        entry = self._entry(name)
+        try:
+            current = self.vdis.catalog.get(entry["vid"])
+        except NotFound:
+            current = None
+        if current == entry:
+            return current          # a copy of its own: the cached one stays untouched
+        self.catalog_cache.invalidate()
+        return self._entry(name)
 
     def describe(self, name: str) -> tuple[int, bool]:
         entry = self._entry(name)
@@ -242,7 +273,7 @@ class VdiExportProvider(WriteRightMixin):
     def open_export(self, name: str, client_addr: str) -> VdiExport:
         if split_export_name(name)[1] is None:
             self.vdis.check_writable()   # a read-write attach needs the session
-        entry = self._entry(name)
+        entry = self._current_entry(name)
         if entry.get("snapshot"):
             return VdiExport(name, entry, self.vdis.open_volume(entry, readonly=True), self,
                              working=False)
