@@ -12,6 +12,7 @@ from sheep.peer.auth import ANSWER, HELLO, VERDICT, ClientHandshake
 from sheep.peer.client import PeerPool
 from sheep.peer.framing import FrameReader
 from sheep.peer.server import PeerServer
+from tests.rawpeer import greeting_or_nothing, read_until_closed, recv_exact
 
 KEY, OTHER = b"k" * 32, b"o" * 32
 INSTALL = wire.encode_frame({"op": "install", "id": 1, "oid": 7, "epoch": 1 << 30},
@@ -49,26 +50,6 @@ def raw():
     yield dial
     for sock in socks:
         sock.close()
-
-
-def recv_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, f"closed after {len(data)} of {n} bytes"
-        data += chunk
-    return data
-
-
-def read_until_closed(sock) -> bytes:
-    """Everything the server sends until it closes (a reset counts as closed)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return data
 
 
 def test_a_pool_with_the_same_key_is_served(server):
@@ -161,7 +142,7 @@ def test_connections_beyond_the_cap_are_closed_at_accept(server, raw):
     for sock in (first, second):
         recv_exact(sock, HELLO.size)
     third = raw(srv.port)
-    assert read_until_closed(third) == b""              # not even a greeting
+    assert greeting_or_nothing(third) == b""            # not even a greeting
     first.close()
     pool = PeerPool(connect_timeout_s=2, key=KEY)
     try:                                                # a freed slot serves again
