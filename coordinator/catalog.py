@@ -12,7 +12,8 @@ conflict raises ``AlreadyExists`` with ``data["conflict"] = True`` and the versi
 "a newer entry already exists; re-read and retry".
 
 Every kazoo failure that means "ZooKeeper is not reachable right now" becomes
-``common.errors.Unavailable``; nothing kazoo leaks out of this package.
+``common.errors.Unavailable``, a refusal by the cluster's ACLs ``NotReady``; nothing kazoo
+leaks out of this package.
 """
 from __future__ import annotations
 
@@ -23,13 +24,15 @@ from kazoo.exceptions import (
     BadVersionError,
     ConnectionClosedError,
     ConnectionLoss,
+    NoAuthError,
     NodeExistsError,
     NoNodeError,
     OperationTimeoutError,
     SessionExpiredError,
 )
 
-from common.errors import AlreadyExists, InvalidRequest, NotFound, Unavailable
+from common.errors import AlreadyExists, InvalidRequest, NotFound, NotReady, Unavailable
+from coordinator.acl import REFUSED
 from coordinator.layout import Layout, decode, encode, parse_vid
 
 log = logging.getLogger(__name__)
@@ -39,11 +42,14 @@ _UNREACHABLE = (ConnectionLoss, ConnectionClosedError, SessionExpiredError, Oper
 
 @contextmanager
 def zk_unavailable(what: str):
-    """Translate "ZooKeeper unreachable" kazoo errors into ``Unavailable`` for ``what``."""
+    """Translate "ZooKeeper unreachable" kazoo errors into ``Unavailable`` for ``what``,
+    and a refusal by the cluster's ACLs (NoAuth) into ``NotReady`` saying why."""
     try:
         yield
     except _UNREACHABLE as e:
         raise Unavailable(f"ZooKeeper unavailable during {what}: {e.__class__.__name__}") from e
+    except NoAuthError as e:
+        raise NotReady(f"{REFUSED} ({what})") from e
 
 
 def read_vid_znodes(client, parent: str, path_of) -> list[tuple[int, bytes]]:

@@ -60,13 +60,16 @@ import time
 import gevent
 from gevent.event import Event
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
+from kazoo.exceptions import (BadVersionError, KazooException, NoAuthError, NodeExistsError,
+                               NoNodeError)
 from kazoo.handlers.gevent import SequentialGeventHandler
 
 from common.errors import AlreadyExists, InvalidRequest, SheepError, Unavailable
+from coordinator import acl
 from coordinator.catalog import zk_unavailable
 from coordinator.cluster_state import ClusterStateMixin
 from coordinator.layout import Layout, decode, encode, epoch_numbers
+from coordinator.rekey import ensure_tree
 from coordinator.ring import Member
 
 log = logging.getLogger(__name__)
@@ -101,7 +104,7 @@ class Coordinator(ClusterStateMixin):
 
     def __init__(self, hosts: str, cluster: str, member: Member, *, session_timeout_s: float = 10.0,
                  on_epoch=None, on_fence=None, on_unfence=None, on_cluster=None, handler=None,
-                 secret=None):
+                 secret=None, on_refused=None):
         self.layout = Layout(cluster)
         self.secret = secret            # common.secrets.ClusterSecret: ZooKeeper digest ACLs
         self.cluster = cluster
@@ -111,9 +114,12 @@ class Coordinator(ClusterStateMixin):
         self._on_fence = on_fence
         self._on_unfence = on_unfence
         self._on_cluster = on_cluster
+        self._on_refused = on_refused   # ZooKeeper refused a write (NoAuth): default stop()
+        self._refused = False
         self.cluster_value: dict | None = None   # /cluster as last seen by the data watch
         self.client = KazooClient(hosts=hosts, handler=handler or SequentialGeventHandler(),
-                                  timeout=session_timeout_s)
+                                  timeout=session_timeout_s, auth_data=acl.auth_data(secret),
+                                  default_acl=acl.default_acl(secret))
         self._fenced = True
         self._started = False
         self._stopping = False
@@ -186,8 +192,7 @@ class Coordinator(ClusterStateMixin):
             raise Unavailable(f"cannot reach ZooKeeper at {self.client.hosts} in {timeout_s}s") from e
         try:
             with zk_unavailable("start"):
-                for path in self.layout.base_paths():
-                    self.client.ensure_path(path)
+                ensure_tree(self.client, self.layout, self.secret)
                 if admit is not None:
                     admit(self.cluster_format())
                 self._register(deadline)
@@ -224,6 +229,17 @@ class Coordinator(ClusterStateMixin):
                 log.debug("stop: member delete node=%s: %r", self.node_id, e)
         self._shutdown_client()
         log.info("coordinator stopped node=%s cluster=%s", self.node_id, self.cluster)
+
+    def _refuse(self, where: str) -> None:
+        """ZooKeeper refused a write (NoAuth): the cluster's ACLs no longer admit this
+        sheep's secret (rotated without it).  One error line, fenced at once, and
+        ``on_refused()`` (default ``stop()``) instead of a retry loop."""
+        if self._refused or self._stopping:
+            return
+        self._refused = True
+        log.error("%s; during %s node=%s: fenced, stopping", acl.REFUSED, where, self.node_id)
+        self._fence()
+        gevent.spawn(self._callback, "on_refused", self._on_refused or self.stop)
 
     def _shutdown_client(self) -> None:
         self._stopping = True
@@ -347,6 +363,9 @@ class Coordinator(ClusterStateMixin):
             try:
                 self._deliver_epochs()
                 self._first_pass.set()
+            except NoAuthError:
+                self._refuse("epoch follower")
+                break
             except (KazooException, SheepError) as e:
                 log.info("epoch follower node=%s: %r; waiting for the connection", self.node_id, e)
                 self._state_changed.clear()
@@ -389,6 +408,9 @@ class Coordinator(ClusterStateMixin):
             self._election = self.client.Election(self.layout.leader, self.node_id)
             try:
                 self._election.run(self._lead, self._generation)
+            except NoAuthError:
+                self._refuse("election")
+                break
             except Exception as e:
                 if self._stopping:
                     break
@@ -407,6 +429,9 @@ class Coordinator(ClusterStateMixin):
                 if self._registered.is_set() and not self._fenced:
                     try:
                         self._evaluate()
+                    except NoAuthError:
+                        self._refuse("leader")
+                        break
                     except (KazooException, SheepError) as e:
                         log.info("leader node=%s: evaluation failed: %r", self.node_id, e)
                         self._leader_wake.wait(self.RETRY_PAUSE_S)
@@ -538,6 +563,9 @@ class Coordinator(ClusterStateMixin):
             try:
                 self._register(time.monotonic() + 2 * self.session_timeout_s + 5)
                 break
+            except NoAuthError:
+                self._refuse("re-registration")
+                return
             except (KazooException, SheepError) as e:
                 log.warning("rejoin node=%s failed: %r; retrying", self.node_id, e)
                 self._state_changed.clear()

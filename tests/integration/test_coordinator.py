@@ -1,7 +1,8 @@
 """Coordinator, catalog and locks against a real ZooKeeper (one server per module, one cluster per test).
 
 The coordinators of a "cluster" all live in this process as gevent greenlets over kazoo's
-gevent handler; nothing is monkey patched.
+gevent handler; nothing is monkey patched.  They share one cluster secret, so every znode
+has the cluster's digest ACL (as with real sheep); the plain clients authenticate with it.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from kazoo.handlers.gevent import SequentialGeventHandler
 from kazoo.protocol.connection import _CONNECTION_DROP
 
 from common.errors import AlreadyExists, InvalidRequest, Locked, NotFound, NotReady, Unavailable
+from common.secrets import ClusterSecret
+from coordinator.acl import auth_data, default_acl
 from coordinator.catalog import Catalog
 from coordinator.cluster import Coordinator
 from coordinator.locks import VdiLocks
@@ -22,6 +25,13 @@ from sheepdog_local.zookeeper import ZooKeeperServer, four_letter_word, free_por
 from tests.integration.fixtures_zk import wait_until, zk_chroot, zk_server  # noqa: F401
 
 SESSION_TIMEOUT_S = 4.0
+SECRET = ClusterSecret(b"c" * 32)
+
+
+def authed_client(hosts: str) -> KazooClient:
+    """A kazoo client (gevent handler, not started) with the cluster's digest identity."""
+    return KazooClient(hosts=hosts, handler=SequentialGeventHandler(), timeout=SESSION_TIMEOUT_S,
+                       auth_data=auth_data(SECRET), default_acl=default_acl(SECRET))
 
 
 def make_member(i: int) -> Member:
@@ -38,7 +48,7 @@ class Node:
         self.unfences = 0
         self.coord = Coordinator(hosts, cluster, make_member(i), session_timeout_s=SESSION_TIMEOUT_S,
                                  on_epoch=self.epochs.append, on_fence=self._fenced,
-                                 on_unfence=self._unfenced)
+                                 on_unfence=self._unfenced, secret=SECRET)
 
     def _fenced(self):
         self.fences += 1
@@ -68,8 +78,8 @@ def cluster(zk_server, zk_chroot):
 
 @pytest.fixture
 def zk(zk_server, zk_chroot):
-    """A plain kazoo client (gevent handler) for the catalog and lock tests."""
-    client = KazooClient(hosts=zk_server.hosts, handler=SequentialGeventHandler(), timeout=SESSION_TIMEOUT_S)
+    """A plain kazoo client (gevent handler, the cluster's identity) for the catalog and lock tests."""
+    client = authed_client(zk_server.hosts)
     client.start(timeout=15)
     yield client
     client.stop()
@@ -223,7 +233,7 @@ def test_locks(zk, zk_server, zk_chroot):
     assert value["node_id"] == "n1" and value["client"] == "10.0.0.9:51234"
 
     # a second attacher (from another node and session) is refused, with the holder named
-    other = KazooClient(hosts=zk_server.hosts, handler=SequentialGeventHandler(), timeout=SESSION_TIMEOUT_S)
+    other = authed_client(zk_server.hosts)
     other.start(timeout=15)
     try:
         with pytest.raises(Locked) as err:
@@ -381,14 +391,16 @@ def test_start_refuses_a_duplicate_node_id_and_an_unreachable_zookeeper(cluster,
     first = cluster(1)
 
     # the same node id from another live session: waited for, then refused
-    twin = Coordinator(zk_server.hosts, zk_chroot, make_member(1), session_timeout_s=SESSION_TIMEOUT_S)
+    twin = Coordinator(zk_server.hosts, zk_chroot, make_member(1), session_timeout_s=SESSION_TIMEOUT_S,
+                       secret=SECRET)
     with pytest.raises(AlreadyExists, match="n1"):
         twin.start(timeout_s=1)
     twin.stop()     # harmless after a failed start
     assert [m.node_id for m in first.coord.members()] == ["n1"]
 
     # no ZooKeeper on the port: Unavailable, not a hang
-    lonely = Coordinator(f"127.0.0.1:{free_port()}", zk_chroot, make_member(9), session_timeout_s=2)
+    lonely = Coordinator(f"127.0.0.1:{free_port()}", zk_chroot, make_member(9), session_timeout_s=2,
+                         secret=SECRET)
     with pytest.raises(Unavailable):
         lonely.start(timeout_s=1)
     assert lonely.fenced
