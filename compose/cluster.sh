@@ -115,6 +115,15 @@ wait_ready() {
 
 port_of() { dc port "$1" "$2" | tail -1 | sed 's/.*://'; }
 
+# collie on the host reads the admin token from its per-user file (docs/security.md)
+install_token() {
+  local file=${XDG_CONFIG_HOME:-$HOME/.config}/collie/token cluster=${SHEEPDOG_CLUSTER:-default}
+  mkdir -p "$(dirname "$file")"
+  (umask 077; dc exec -T sheep1 cat "/etc/sheepdog/$cluster/admin.token" > "$file.new")
+  mv "$file.new" "$file"
+  say "admin token copied to $file"
+}
+
 status() {
   dc ps
   local admin
@@ -138,6 +147,7 @@ case $cmd in
     # `up` waits for the health checks the format service depends on
     dc up -d --no-build "$@" >&2
     wait_ready
+    install_token
     admin=$(port_of sheep1 7000); nbd=$(port_of sheep1 10809)
     status
     echo

@@ -3,7 +3,11 @@
 #   SHEEP_ZK=zookeeper:2181        ZooKeeper connection string (comma separated for an ensemble)
 #   SHEEP_CLUSTER=default          cluster name (ZooKeeper chroot)
 #   SHEEP_ADDR=$(hostname)         address the other sheep reach this one at (the service name)
-#   SHEEP_LISTEN=0.0.0.0           bind address inside the container
+#   SHEEP_LISTEN=0.0.0.0           bind address inside the container (peer and NBD)
+#   SHEEP_LISTEN_ADMIN=0.0.0.0     admin API bind address (publish its port on loopback only)
+#   SHEEP_SECRET_FILE=/etc/sheepdog/$SHEEP_CLUSTER/cluster.secret   the cluster secret (the
+#                                  keys volume shared by every sheep; created by the first)
+#   SHEEP_NBD_TLS_DIR=             x509 files for NBD over TLS (docs/security.md)
 #   SHEEP_PORT=7100 SHEEP_ADMIN_PORT=7000 SHEEP_NBD_PORT=10809   ports inside the container
 #   SHEEP_ZONE= SHEEP_WEIGHT=1     failure zone, capacity weight
 #   SHEEP_GATEWAY=no               yes: a gateway-only sheep (no store, no weight; --gateway)
@@ -18,6 +22,7 @@ args=(
   --cluster "${SHEEP_CLUSTER:-default}"
   --addr "${SHEEP_ADDR:-$(hostname)}"
   --listen "${SHEEP_LISTEN:-0.0.0.0}"
+  --listen-admin "${SHEEP_LISTEN_ADMIN:-0.0.0.0}"
   --port "${SHEEP_PORT:-7100}"
   --admin-port "${SHEEP_ADMIN_PORT:-7000}"
   --nbd-port "${SHEEP_NBD_PORT:-10809}"
@@ -32,6 +37,8 @@ else
 fi
 [ -n "${SHEEP_ZONE:-}" ] && args+=(--zone "$SHEEP_ZONE")
 [ -n "${SHEEP_RESERVE:-}" ] && args+=(--reserve "$SHEEP_RESERVE")
+[ -n "${SHEEP_SECRET_FILE:-}" ] && args+=(--secret-file "$SHEEP_SECRET_FILE")
+[ -n "${SHEEP_NBD_TLS_DIR:-}" ] && args+=(--nbd-tls-dir "$SHEEP_NBD_TLS_DIR")
 # shellcheck disable=SC2206  # word splitting wanted
 [ -n "${SHEEP_EXTRA_ARGS:-}" ] && args+=($SHEEP_EXTRA_ARGS)
 mkdir -p "${SHEEP_DIR:-/var/lib/sheepdog}"

@@ -31,8 +31,8 @@ RUN chmod 0755 /usr/local/bin/entrypoint-sheep.sh && mkdir -p /var/lib/sheepdog
 VOLUME ["/var/lib/sheepdog"]
 # peer protocol, HTTP admin API (collie -p), NBD
 EXPOSE 7100 7000 10809
-# Healthy = the admin API answers GET /node (the daemon is started and serving).
+# Healthy = the admin API answers GET /health (the daemon is started and serving).
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python3", "-c", "import os,sys,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/node' % os.environ.get('SHEEP_ADMIN_PORT', '7000'), timeout=2); sys.exit(0)"]
+  CMD ["python3", "-c", "import os,sys,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('SHEEP_ADMIN_PORT', '7000'), timeout=2); sys.exit(0)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/entrypoint-sheep.sh"]

@@ -34,7 +34,6 @@ REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
            423: "Locked", 500: "Internal Server Error", 503: "Service Unavailable",
            507: "Insufficient Storage"}
 DATA_CHUNK = 4 << 20
-HEAD_TIMEOUT_S = 10.0    # request line and headers, and an idle keep-alive connection
 
 
 def status_for(exc: E.SheepError) -> int:
@@ -172,7 +171,7 @@ class _Handler(WSGIHandler):
 
     def read_requestline(self):
         self._head_deadline = gevent.Timeout.start_new(
-            HEAD_TIMEOUT_S, socket.timeout("admin request head timed out"))
+            self.server.head_timeout_s, socket.timeout("admin request head timed out"))
         try:
             return super().read_requestline()
         except BaseException:
@@ -188,11 +187,13 @@ class _Handler(WSGIHandler):
 
 class AdminServer:
     """The admin API's listener: at most ``workers`` connections served at once (more
-    wait in the kernel's backlog), each request's head read under `HEAD_TIMEOUT_S`."""
+    wait in the kernel's backlog), each request's head read within ``head_timeout_s``."""
 
-    def __init__(self, app: AdminApp, host: str, port: int, workers: int = 64) -> None:
+    def __init__(self, app: AdminApp, host: str, port: int, workers: int = 64,
+                 head_timeout_s: float = 10.0) -> None:
         self._server = WSGIServer((host, port), app, log=None, error_log=log,
                                   handler_class=_Handler, spawn=Pool(workers))
+        self._server.head_timeout_s = head_timeout_s
 
     def start(self) -> None:
         self._server.start()

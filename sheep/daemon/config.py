@@ -41,6 +41,7 @@ class SheepConfig:
     admin_hosts: tuple[str, ...] = ()  # Host header names the admin API accepts besides its own
     admin_max_body: int = 64 << 20    # bytes of one admin request body
     admin_workers: int = 64           # admin requests handled at once
+    admin_head_timeout_s: float = 10.0  # to send a request's line and headers (and idle)
     nbd_tls_dir: Path | None = None   # ca-cert.pem, server-cert.pem, server-key.pem: TLS required
     nbd_max_connections: int = 256    # per NBD listener
     nbd_queue_bytes: int = 64 << 20   # per NBD connection: replies queued + payloads buffered
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest admin request body in bytes")
     s.add_argument("--admin-workers", type=int, default=64,
                    help="admin requests handled at once (more wait)")
+    s.add_argument("--admin-timeout", type=float, default=10.0,
+                   help="seconds a client has to send an admin request's line and headers "
+                        "(also how long an idle admin connection stays open)")
     s.add_argument("--nbd-tls-dir", type=Path, default=None,
                    help="x509 files ca-cert.pem, server-cert.pem, server-key.pem: NBD clients "
                         "must use TLS with a client certificate signed by that CA")
@@ -165,6 +169,8 @@ def parse_args(argv: list[str] | None = None) -> SheepConfig:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if a.nbd_queue_bytes < 33 << 20:
         p.error("--nbd-queue-bytes must hold at least one 32 MiB request (33554432 + 1 MiB)")
+    if a.admin_timeout <= 0:
+        p.error("--admin-timeout must be > 0 (seconds)")
     if a.nbd_handshake_timeout <= 0:
         p.error("--nbd-handshake-timeout must be > 0 (seconds)")
     if a.nbd_tls_dir is not None:
@@ -184,6 +190,7 @@ def parse_args(argv: list[str] | None = None) -> SheepConfig:
                        secret_file=a.secret_file, admin_token_file=a.admin_token_file,
                        admin_hosts=tuple(a.admin_host), admin_max_body=a.admin_max_body,
                        admin_workers=a.admin_workers, nbd_tls_dir=a.nbd_tls_dir,
+                       admin_head_timeout_s=a.admin_timeout,
                        nbd_max_connections=a.nbd_max_connections,
                        nbd_queue_bytes=a.nbd_queue_bytes,
                        nbd_handshake_timeout_s=a.nbd_handshake_timeout,

@@ -80,7 +80,8 @@ class Sheep:
                              max_body=config.admin_max_body)
         self.admin_server = AdminServer(AdminApp(build_router(self), policy),
                                         config.listen_admin, config.admin_port,
-                                        workers=config.admin_workers)
+                                        workers=config.admin_workers,
+                                        head_timeout_s=config.admin_head_timeout_s)
         self.member = Member(node_id=self.node_id, addr=config.addr, port=config.port,
                              admin_port=config.admin_port, nbd_port=config.nbd_port,
                              zone=config.zone, weight=config.weight, started=time.time())

@@ -175,11 +175,11 @@ def start_sheep(workdir: Path, name: str, nodes: int, copies: int, size: int) ->
         cluster.start()
         node = cluster.sheep[0]
         requests.post(node.admin_url + "/cluster/format", json={"copies": copies},
-                      timeout=30).raise_for_status()
-        wait(lambda: all(requests.get(s.admin_url + "/node", timeout=5).json()["epoch"] >= 1
+                      headers=node.auth, timeout=30).raise_for_status()
+        wait(lambda: all(requests.get(s.admin_url + "/node", headers=s.auth, timeout=5).json()["epoch"] >= 1
                          for s in cluster.sheep), 30, f"{name} epoch 1")
         requests.post(node.admin_url + "/vdis", json={"name": "bench", "size": size},
-                      timeout=30).raise_for_status()
+                      headers=node.auth, timeout=30).raise_for_status()
     except BaseException:
         print(cluster.logs(), file=sys.stderr)
         cluster.stop()
@@ -187,7 +187,7 @@ def start_sheep(workdir: Path, name: str, nodes: int, copies: int, size: int) ->
 
     def unlocked() -> None:
         # a finished fio's disconnect releases the VDI lock a moment later
-        wait(lambda: not requests.get(node.admin_url + "/locks", timeout=5).json()["locks"],
+        wait(lambda: not requests.get(node.admin_url + "/locks", headers=node.auth, timeout=5).json()["locks"],
              15, f"{name}: VDI lock released")
 
     def pids() -> dict:

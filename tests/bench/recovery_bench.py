@@ -29,7 +29,7 @@ MiB = 1 << 20
 
 
 def api(node, path, method="GET", **kw):
-    r = requests.request(method, node.admin_url + path, timeout=120, **kw)
+    r = requests.request(method, node.admin_url + path, timeout=120, headers=node.auth, **kw)
     r.raise_for_status()
     return r.json()
 

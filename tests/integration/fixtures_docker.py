@@ -87,6 +87,7 @@ class ComposeCluster:
         self.project = project
         self.files = files
         self.env = {**os.environ, **TEST_ENV, **(env or {}), "COMPOSE_PROJECT_NAME": project}
+        self._token: str | None = None
 
     # -- docker-compose ----------------------------------------------------------------
     def compose(self, *args: str, check: bool = True, timeout: float = 300):
@@ -201,7 +202,20 @@ class ComposeCluster:
         return f"nbd://127.0.0.1:{self.host_port(service, NBD)}/{vdi}"
 
     # -- the admin API and tools on the host -----------------------------------------
+    @property
+    def token(self) -> str:
+        """The cluster's admin token, as the sheep wrote it into the shared keys volume."""
+        if self._token is None:
+            cluster = self.env.get("SHEEPDOG_CLUSTER", "default")
+            rc, out = self.in_container("sheep1", "cat", f"/etc/sheepdog/{cluster}/admin.token")
+            assert rc == 0 and out.strip(), f"no admin token in sheep1: {out}"
+            self._token = out.strip()
+        return self._token
+
     def api(self, service: str, path: str, method: str = "GET", timeout: float = 30, **kw):
+        kw["headers"] = {"Authorization": f"Bearer {self.token}", **kw.get("headers", {})}
+        if method == "POST" and "json" not in kw and "data" not in kw:
+            kw["json"] = {}
         r = requests.request(method, self.admin_url(service) + path, timeout=timeout, **kw)
         assert r.status_code < 400, f"{service} {method} {path} -> {r.status_code} {r.text}"
         return r.json()
@@ -213,7 +227,8 @@ class ComposeCluster:
                timeout: float = 120) -> subprocess.CompletedProcess:
         cmd = [COLLIE or "collie", "-a", "127.0.0.1", "-p", str(self.host_port(service, ADMIN)),
                *args]
-        proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout)
+        env = {**os.environ, "SHEEP_ADMIN_TOKEN": self.token}
+        proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout, env=env)
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}: "
                                  f"{proc.stderr.decode(errors='replace')}")

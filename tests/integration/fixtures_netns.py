@@ -95,7 +95,7 @@ class NetnsSheep(SheepProcess):
     def wait_ready(self, timeout_s: float = 30) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.running():
-            if self.net.curl(self.net.client, self, "/node", check=False) is not None:
+            if self.net.curl(self.net.client, self, "/health", check=False) is not None:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"sheep {self.index} in {self.ns} not ready; log:\n{self.log_tail()}")
@@ -141,7 +141,10 @@ class NetnsCluster:
             ns = self._ns(f"n{i}")
             s = NetnsSheep(index=i, dir=self.base / f"sheep{i}" / "store", zk_hosts=self.zk.hosts,
                            cluster=self.cluster, port=7100, admin_port=7000, nbd_port=10809,
-                           addr=self.addrs[ns], extra_args=["--session-timeout", "4"])
+                           addr=self.addrs[ns], keys_dir=self.base / "keys",
+                           # the test's client is another host: admin on the host's address
+                           extra_args=["--session-timeout", "4",
+                                       "--listen-admin", self.addrs[ns]])
             s.ns, s.net = ns, self
             self.sheep.append(s)
         for s in self.sheep:
@@ -184,6 +187,8 @@ class NetnsCluster:
     def curl(self, ns: str, node, path: str, method: str = "GET", body=None, check=True):
         cmd = ["ip", "netns", "exec", ns, "curl", "-s", "-m", "10", "-X", method,
                f"http://{node.addr}:{node.admin_port}{path}"]
+        if node.token:
+            cmd += ["-H", f"Authorization: Bearer {node.token}"]
         if body is not None:
             cmd += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
         proc = sh(*cmd, check=False)
@@ -199,8 +204,10 @@ class NetnsCluster:
         reported as exit code 124 (like timeout(1))."""
         cmd = ["ip", "netns", "exec", ns, *COLLIE, "-a", node.addr, "-p", str(node.admin_port),
                *args]
+        env = {**os.environ, "SHEEP_ADMIN_TOKEN_FILE": str(node.token_file)}
         try:
-            proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout)
+            proc = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout,
+                                  env=env)
         except subprocess.TimeoutExpired as exc:
             proc = subprocess.CompletedProcess(cmd, 124, exc.stdout or b"", exc.stderr or b"")
         if check and proc.returncode != 0:

@@ -28,6 +28,13 @@ OBJ = 4 * MiB                         # default object size (block_size_shift 22
 IDS = {s: f"{s}:7100" for s in ("sheep1", "sheep2", "sheep3")}
 
 
+# GET /node from inside a container, with the admin token its sheep keeps in the keys volume
+IN_CONTAINER_NODE = (
+    "import glob, urllib.request as u; t = open(glob.glob('/etc/sheepdog/*/admin.token')[0])"
+    ".read().strip(); r = u.Request('http://127.0.0.1:7000/node', headers={'Authorization': "
+    "'Bearer ' + t}); print(u.urlopen(r, timeout=3).read().decode())")
+
+
 def objects_for(size: int) -> int:
     """Data objects of a fully written VDI of ``size`` bytes, plus its inode."""
     return size // OBJ + 1
@@ -199,9 +206,7 @@ def test_network_partition(compose_cluster: ComposeCluster):
         c.qemu_io("sheep1", "split", f"read -P 0x32 0 {8 * MiB}")
 
         def cut_off_state():
-            rc, out = c.in_container("sheep3", "python3", "-c",
-                                     "import urllib.request;print(urllib.request.urlopen("
-                                     "'http://127.0.0.1:7000/node',timeout=3).read().decode())")
+            rc, out = c.in_container("sheep3", "python3", "-c", IN_CONTAINER_NODE)
             return rc == 0 and json.loads(out)
         poll(lambda: cut_off_state()["fenced"], 30, "sheep3 fenced while cut off")
         # a write through the cut-off node itself is refused
