@@ -68,13 +68,20 @@ def _grants(entry: ACL, perm: int, ids: set[tuple[str, str]]) -> bool:
     return bool(entry.perms & perm) and (entry.id.scheme, entry.id.id) in ids
 
 
+def _ids(secrets) -> set[tuple[str, str]]:
+    return {("world", "anyone")} | {("digest", digest_id(s)) for s in secrets if s is not None}
+
+
 def may_create(acls: list[ACL], secret: ClusterSecret | None) -> bool:
     """May a client authenticated with ``secret`` (anonymous when None) create children
     of a znode with these ACLs?"""
-    ids = {("world", "anyone")}
-    if secret is not None:
-        ids.add(("digest", digest_id(secret)))
-    return any(_grants(e, Permissions.CREATE, ids) for e in acls)
+    return any(_grants(e, Permissions.CREATE, _ids([secret])) for e in acls)
+
+
+def may_admin(acls: list[ACL], secrets) -> bool:
+    """May a client authenticated with each of ``secrets`` change these ACLs?  (The
+    digest in ``acls`` must be as its owner sees it: others are shown ``user:x``.)"""
+    return any(_grants(e, Permissions.ADMIN, _ids(secrets)) for e in acls)
 
 
 def world_writable(acls: list[ACL]) -> bool:

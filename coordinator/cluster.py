@@ -49,6 +49,11 @@ refuse writes unless the state is ``running``.
 Recovery markers.  ``mark_recovered(epoch)`` creates ``/recovery/<epoch>/<node_id>`` when this
 node finished recovering that epoch; ``recovered(epoch)`` lists who did.
 
+ACLs.  With a ``secret`` the client authenticates as the cluster's digest identity and
+every znode it creates gets ``acl.member_acl`` (the cluster writes, anyone reads); a start
+on a tree this identity may not write fails with NotReady (``acl.REFUSED``), and a NoAuth
+in a background loop fences the node and calls ``on_refused()`` once (coordinator.rekey).
+
 Concurrency model: kazoo's ``SequentialGeventHandler`` (no monkey patching needed) and a few
 greenlets per Coordinator (epoch follower, election runner, re-joiner).  Not thread safe.
 """

@@ -81,18 +81,20 @@ def tree(client, root: str) -> list[str]:
     return out[::-1]
 
 
-def set_tree_acls(client, root: str, secret: ClusterSecret) -> tuple[int, int]:
+def set_tree_acls(client, root: str, secret: ClusterSecret,
+                  old: ClusterSecret | None = None) -> tuple[int, int]:
     """Give every znode under ``root`` (root included) ``acl.wanted_acl(..., secret)``.
 
-    ``client`` must be allowed to change them (authenticated with the secret that owns
-    them now, or any client for a world-writable tree).  Returns (znodes seen, changed);
-    znodes that vanish meanwhile are skipped.  NoAuthError names a znode it may not
-    change.
+    ``client`` is authenticated with ``secret`` and ``old`` (the secret that owns the
+    tree now; None for a world-writable tree).  Returns (znodes seen, changed); znodes
+    that vanish meanwhile are skipped.  A znode that neither may change raises
+    NoAuthError naming it, before any ACL is changed.
     """
     paths = tree(client, root)
     todo = []
     for path, got in _batched(paths, client.get_acls_async):
-        if isinstance(got, NoAuthError):
+        if isinstance(got, NoAuthError) or (
+                not isinstance(got, Exception) and not acl.may_admin(got[0], [secret, old])):
             raise NoAuthError(path)
         if isinstance(got, Exception):
             continue
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     client = KazooClient(hosts=args.zk, auth_data=auth, timeout=args.timeout)
     try:
         client.start(timeout=args.timeout)
-        seen, changed = set_tree_acls(client, layout.root, new)
+        seen, changed = set_tree_acls(client, layout.root, new, old)
     except NoAuthError as exc:
         print(f"rekey: ZooKeeper refused to change {exc.args[0] if exc.args else layout.root}: "
               f"neither secret owns it (--old-secret-file)", file=sys.stderr)

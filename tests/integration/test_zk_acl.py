@@ -210,11 +210,13 @@ def test_rekey_moves_the_tree_to_a_new_secret(coordinators, clients, zk_server, 
     assert [m["node_id"] for m in fresh.wait_for_epoch(2)["members"]] == ["n2"]
     assert refusals == [1]
 
-    # a rekey by someone holding neither secret owning the tree changes nothing
+    # a rekey with a wrong old secret changes nothing, not even what it could change
+    scratch = clients(NEW).create(f"{layout.root}/scratch", acl=OPEN_ACL_UNSAFE)
     third = write_secret(tmp_path / "third.secret", (b"o" * 32).hex())
     wrong = rekey(zk_server, zk_chroot, "--old-secret-file", third, "--new-secret-file", third)
     assert wrong.returncode == 1 and "neither secret owns it" in wrong.stderr
     assert acl.same_acl(clients(NEW).get_acls(layout.root)[0], acl.member_acl(NEW))
+    assert acl.same_acl(anon.get_acls(scratch)[0], OPEN_ACL_UNSAFE)
 
 
 def test_a_tree_from_before_acls_is_warned_about_and_tightened(coordinators, clients,
@@ -271,6 +273,18 @@ def test_real_sheep_tree_acls_and_a_stranger_sheep(cluster_factory, clients, tmp
     assert acl.REFUSED in log, log[-2000:]
     assert stranger.node_id not in anon.get_children(layout.members)
     api_json(c.sheep[0], "/node")       # the cluster is unaffected
+
+    # the tree moves to a new secret under running sheep: the next epoch (sheep 1 leaves)
+    # is refused, and sheep 0 says so and exits 1 instead of retrying
+    new_file = write_secret(tmp_path / "new.secret", (b"n" * 32).hex())
+    done = rekey(c.zk, c.cluster, "--old-secret-file", str(c.keys_dir / "cluster.secret"),
+                 "--new-secret-file", new_file)
+    assert done.returncode == 0, done.stderr
+    c.sheep[1].stop()
+    poll(lambda: not c.sheep[0].running(), 30, "sheep 0 exits")
+    assert c.sheep[0].stop() == 1
+    lines = [line for line in c.sheep[0].log_path.read_text().splitlines() if acl.REFUSED in line]
+    assert len(lines) == 1 and "ERROR" in lines[0], lines
 
 
 if __name__ == "__main__":

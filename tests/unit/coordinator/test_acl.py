@@ -68,3 +68,11 @@ def test_cli_prints_the_credentials(tmp_path, capsys):
     assert capsys.readouterr().out == SECRET.zk_credentials + "\n"
     assert acl.main(["--secret-file", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_who_may_change_the_acls():
+    assert acl.may_admin(acl.member_acl(SECRET), [SECRET])
+    assert acl.may_admin(acl.private_acl(SECRET), [OTHER, SECRET])
+    assert not acl.may_admin(acl.member_acl(SECRET), [OTHER, None])
+    assert acl.may_admin(OPEN_ACL_UNSAFE, [None])
+    assert not acl.may_admin(acl.SHARED_PARENT_ACL, [SECRET])
