@@ -2,13 +2,21 @@
 
 Theory of operation
 -------------------
-One greenlet per connection (from the StreamServer's bounded pool) runs the
+One greenlet per connection runs the
 handshake (``nbd_frontend.handshake``) and then reads requests continuously
 (``nbd_frontend.protocol.RequestParser``).  Each valid request runs in a greenlet of
 the connection's `common.workers.Workers` (at most ``pool_size`` at once, recycled:
 a fresh greenlet per request costs ~10 us); when all are busy the reader blocks, which is the back-pressure towards the client.  Replies go out in
-completion order; a per-connection lock makes each reply (header, then payload
-as a separate buffer) atomic on the socket.
+completion order; each reply (header, then payload as a separate buffer) is
+queued whole on the connection's `BufferWriter`.
+
+Bounded memory (``nbd_frontend.budget``): before parsing a request the reader
+reserves what it will hold (a READ's data, a WRITE's payload) until its reply is
+queued; the writer counts queued replies until the kernel takes them.  When the
+next request does not fit under ``queue_bytes`` the reader stops reading the
+socket until requests finish or replies leave: a client that does not read its
+replies is not read from.  Connections beyond ``max_connections`` are closed at
+accept.
 
 Ending a connection: DISC, EOF, a framing error, ``stop()`` or revocation stop
 the reader; requests already running are waited for (their replies may fail
@@ -32,6 +40,7 @@ import ssl
 import time
 
 import gevent
+from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
@@ -40,6 +49,7 @@ from common.sockio import BufferWriter
 from common.stages import NULL
 from common.workers import Workers
 from nbd_frontend import protocol as p
+from nbd_frontend.budget import MIN_CAP, OVERHEAD, Budget, request_cost
 from nbd_frontend import tls as nbd_tls
 from nbd_frontend.export import Export, ExportProvider, errno_for, option_error_for
 from nbd_frontend.handshake import (
@@ -61,7 +71,7 @@ RECV_BYTES = 256 * 1024
 class NbdServer:
     """NBD server for the exports of one provider.
 
-    ``NbdServer(provider, host, port, *, pool_size=64, max_connections=1024,
+    ``NbdServer(provider, host, port, *, pool_size=64, max_connections=256,
     handshake_timeout_s=30.0, tls_dir=None, max_options=64)``; ``start()``, ``stop()``,
     ``address``, ``drop_export_clients(name) -> int``.  Port 0 picks a free port.
 
@@ -69,17 +79,25 @@ class NbdServer:
     certificate of that CA.  Unusable files raise ``InvalidRequest`` here.  The
     handshake of one connection (TLS included) must end within
     ``handshake_timeout_s`` of accept and send at most ``max_options`` options.
+
+    Limits: a connection holds at most about ``queue_bytes`` for its requests and
+    queued replies (at least ``budget.MIN_CAP``; beyond it the connection stops
+    reading), and is closed when its replies have not moved for ``send_timeout_s``
+    while it waits for room; connections beyond ``max_connections`` are closed at
+    accept.
     """
 
     def __init__(self, provider: ExportProvider, host: str = "127.0.0.1", port: int = 10809, *,
-                 pool_size: int = 64, max_connections: int = 1024,
+                 pool_size: int = 64, max_connections: int = 256,
                  handshake_timeout_s: float = 30.0, timing=NULL,
-                 tls_dir=None, queue_bytes: int = 64 << 20, max_options: int = 64):
+                 tls_dir=None, queue_bytes: int = 64 << 20, max_options: int = 64,
+                 send_timeout_s: float = 60.0):
         self.provider = provider
         self.tls_dir = tls_dir              # x509 files: TLS required (None: plaintext)
         self.tls_context = nbd_tls.server_context(tls_dir) if tls_dir is not None else None
         self.queue_bytes = queue_bytes      # per connection: replies queued + payloads buffered
         self.max_options = max_options      # options in one handshake
+        self.send_timeout_s = send_timeout_s    # replies not moving while the reader waits
         # request received (parsed) to reply queued, per command: labels(op).observe(s)
         self.timing = {name: timing.labels(name) for name in _COMMAND_NAMES.values()}
         self.pool_size = pool_size
@@ -88,6 +106,8 @@ class NbdServer:
         self._max_connections = max_connections
         self._server: StreamServer | None = None
         self._connections: set[_Connection] = set()
+        self.refused = 0                    # connections closed at accept (over the limit)
+        self._refused_logged = float("-inf")
         self._by_export: dict[str, set[_Connection]] = {}
 
     @property
@@ -97,8 +117,10 @@ class NbdServer:
         return self._server.address[:2]
 
     def start(self) -> None:
-        self._server = StreamServer(self._listen, self._handle,
-                                    spawn=Pool(self._max_connections))
+        if self.queue_bytes < MIN_CAP:
+            raise ValueError(f"queue_bytes {self.queue_bytes} is below the minimum {MIN_CAP}")
+        # an unbounded pool: _handle refuses what exceeds max_connections at once
+        self._server = StreamServer(self._listen, self._handle, spawn=Pool())
         self._server.start()
         log.info("nbd server listening on %s:%d%s", *self.address,
                  f" (TLS required, x509 files in {self.tls_dir})" if self.tls_context else "")
@@ -156,12 +178,26 @@ class NbdServer:
                     del self._by_export[name]
 
     def _handle(self, sock: socket.socket, addr) -> None:
+        if len(self._connections) >= self._max_connections:
+            self._refuse(sock, f"{addr[0]}:{addr[1]}")
+            return
         conn = _Connection(self, sock, f"{addr[0]}:{addr[1]}")
         self._connections.add(conn)
         try:
             conn.run()
         finally:
             self._detach(conn)
+
+
+    def _refuse(self, sock: socket.socket, peer: str) -> None:
+        """Close a connection over the limit before its greeting; one log line a second."""
+        sock.close()
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= 1.0:
+            self._refused_logged = now
+            log.warning("nbd client %s refused: %d connections open (max %d); %d refused so far",
+                        peer, len(self._connections), self._max_connections, self.refused)
 
 
 _COMMAND_NAMES = {p.CMD_READ: "read", p.CMD_WRITE: "write", p.CMD_FLUSH: "flush",
@@ -183,6 +219,9 @@ class _Connection:
         self._writer = BufferWriter(sock, on_error=self._send_failed)
         self._tx: p.Transmission | None = None
         self._fua_by_export = True
+        self._budget = Budget(server.queue_bytes)   # bytes held for admitted requests
+        self._room = Event()        # set when memory is freed while the reader waits
+        self._blocked = False       # the reader waits for room
 
     # -- lifecycle ------------------------------------------------------------------
     def run(self) -> None:
@@ -251,6 +290,30 @@ class _Connection:
     def _send_failed(self, exc: BaseException) -> None:
         log.debug("nbd client %s: send failed: %s", self.peer, exc)
         self.shutdown("send failed")
+        self._room.set()
+
+    def _freed(self) -> None:
+        """Memory held for the client went down (a reply left, a request finished)."""
+        if self._blocked:
+            self._room.set()
+
+    def _held(self) -> int:
+        """Bytes the writer holds: queued replies and their buffers."""
+        writer = self._writer
+        return writer.queued_bytes + OVERHEAD * writer.queued_buffers
+
+    def _wait_for_room(self, cost: int) -> None:
+        """Stop reading until a request of ``cost`` fits (or the connection closes)."""
+        budget = self._budget
+        self._blocked = True
+        try:
+            while not self.closing and not budget.admits(cost, self._held()):
+                self._room.clear()
+                if not self._room.wait(self.server.send_timeout_s) and not budget.reserved:
+                    self.shutdown(f"replies not read for {self.server.send_timeout_s:g} s "
+                                  f"({self._held()} bytes queued)")
+        finally:
+            self._blocked = False
 
     # -- handshake --------------------------------------------------------------------
     def _handshake(self) -> tuple[Ready | None, bytes]:
@@ -345,6 +408,7 @@ class _Connection:
     # -- transmission -----------------------------------------------------------------
     def _transmission(self, ready: Ready, leftover: bytes) -> None:
         tx = self._tx = ready.transmission()
+        self._writer.on_sent = self._freed
         parser = RequestParser()
         if leftover:
             parser.receive_data(leftover)
@@ -371,8 +435,20 @@ class _Connection:
             pool.close()
 
     def _dispatch_ready(self, parser: RequestParser, tx: p.Transmission, pool: Workers) -> bool:
-        """Start every complete request; False once the connection must stop reading."""
+        """Start every complete request; False once the connection must stop reading.
+
+        Each request is admitted (its memory reserved) before the parser allocates
+        anything for it; one that does not fit waits here, and nothing more is read."""
+        budget = self._budget
         while True:
+            head = parser.peek()
+            if head is not None:
+                cost = request_cost(*head)
+                if not budget.admits(cost, self._held()):
+                    self._wait_for_room(cost)
+                    if self.closing:
+                        return False
+                budget.take(cost)
             req = parser.next_event()
             if req is NEED_DATA:
                 return True
@@ -384,15 +460,19 @@ class _Connection:
             err, msg = p.check_request(req, tx)
             if err:
                 self._send(p.error_reply(req.handle, err, tx.structured, msg))
+                budget.release(request_cost(req.type, req.length))
                 continue
             pool.spawn(self._execute, req, tx, time.monotonic())  # blocks while the pool is full
 
     def _execute(self, req: Request, tx: p.Transmission, received: float) -> None:
-        if self.revoked:
-            return                                  # arrived or queued after the drop
+        """Run one admitted request; its reservation ends once its reply is queued."""
         try:
+            if self.revoked:
+                return                              # arrived or queued after the drop
             self._run(req, tx)
         finally:
+            self._budget.release(request_cost(req.type, req.length))
+            self._freed()
             timer = self.server.timing.get(_COMMAND_NAMES.get(req.type))
             if timer is not None:
                 timer.observe(time.monotonic() - received)
