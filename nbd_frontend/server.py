@@ -321,9 +321,10 @@ class _Connection:
 
         One deadline, ``handshake_timeout_s`` after accept, covers every wait for the
         client (reads, writes, the TLS handshake): a client trickling bytes cannot
-        stretch it.  The provider calls it answers (list, describe, open) are not
-        interrupted, since an open cut in the middle could leave a lock behind; their
-        time counts against the deadline all the same."""
+        stretch it.  The provider calls that answer options (list, describe, open) are
+        the server's own time: they are not interrupted (an open cut in the middle
+        could leave a lock behind) and move the deadline back by what they took, so a
+        slow catalog never fails a client; ``max_options`` bounds how many there are."""
         server = self.server
         hs = ServerHandshake(tls=server.tls_context is not None, max_options=server.max_options)
         deadline = time.monotonic() + server.handshake_timeout_s
@@ -334,10 +335,11 @@ class _Connection:
                     out = hs.data_to_send()
                     if out:
                         self.sock.sendall(out)
-                    if hs.state == CLOSED:
-                        return None, b""
-                    data = self.sock.recv(65536)
-                if not data:
+                    data = b"" if hs.state == CLOSED else self.sock.recv(65536)
+                if not data:                        # aborted, refused, or EOF
+                    if hs.tls_pending:
+                        log.info("nbd client %s left before STARTTLS (TLS is required)",
+                                 self.peer)
                     return None, b""
                 hs.receive_data(data)
             elif isinstance(event, StartTls):
@@ -345,10 +347,13 @@ class _Connection:
                     self.sock.sendall(hs.data_to_send())
                     self._start_tls()
                 hs.tls_started()
-            elif isinstance(event, ListRequest):
-                hs.reply_list(self._list_exports())
-            elif isinstance(event, ExportRequest):
-                self._answer_export(hs, event)
+            elif isinstance(event, (ListRequest, ExportRequest)):
+                began = time.monotonic()
+                if isinstance(event, ListRequest):
+                    hs.reply_list(self._list_exports())
+                else:
+                    self._answer_export(hs, event)
+                deadline += time.monotonic() - began
             elif isinstance(event, Aborted):
                 log.debug("nbd client %s aborted the handshake", self.peer)
             elif isinstance(event, Ready):

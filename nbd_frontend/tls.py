@@ -8,7 +8,8 @@ qemu's ``verify-peer=on`` default).  A missing, unreadable or broken file raises
 ``InvalidRequest`` with one line naming it.
 
 After STARTTLS the connection wraps its socket with ``start(ctx, sock)``; the
-resulting ``TlsSocket`` reads with ``recv_into`` like the plaintext socket.  SSL
+resulting gevent SSL socket reads with ``recv_into`` like the plaintext socket, and
+``shutdown`` wakes a greenlet blocked in it (gevent cancels the wait) as before.  SSL
 sockets cannot ``sendmsg``, so the connection's ``BufferWriter`` writes through a
 ``TlsSender`` instead (coalesced ``sendall``); the plaintext path is untouched.
 """
@@ -19,7 +20,6 @@ import ssl
 from pathlib import Path
 
 import gevent.ssl
-from gevent import socket as gsocket
 
 from common.errors import InvalidRequest
 
@@ -32,19 +32,6 @@ REQUIRED_FILES = (CA_CERT, SERVER_CERT, SERVER_KEY)
 COALESCE_BYTES = 64 << 10     # buffers smaller than this are joined into one TLS write
 
 
-class TlsSocket(gevent.ssl.SSLSocket):
-    """gevent's SSL socket, except that ``shutdown`` keeps the TLS state: a greenlet
-    blocked reading then sees end-of-file, not "Read on closed or unwrapped SSL
-    socket" (the connection shuts its socket down to stop its reader)."""
-
-    def shutdown(self, how: int) -> None:
-        gsocket.socket.shutdown(self, how)
-
-
-class _Context(gevent.ssl.SSLContext):
-    sslsocket_class = TlsSocket
-
-
 def server_context(tls_dir) -> gevent.ssl.SSLContext:
     """The TLS server context for the x509 files in ``tls_dir`` (see module docstring)."""
     d = Path(tls_dir)
@@ -53,7 +40,7 @@ def server_context(tls_dir) -> gevent.ssl.SSLContext:
         if not path.is_file() or not os.access(path, os.R_OK):
             raise InvalidRequest(f"NBD TLS: {path} is missing or unreadable "
                                  f"(the directory needs {', '.join(REQUIRED_FILES)})")
-    ctx = _Context(ssl.PROTOCOL_TLS_SERVER)
+    ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED
     loading = d / SERVER_CERT
@@ -70,7 +57,7 @@ def server_context(tls_dir) -> gevent.ssl.SSLContext:
     return ctx
 
 
-def start(ctx: ssl.SSLContext, sock) -> TlsSocket:
+def start(ctx: ssl.SSLContext, sock) -> gevent.ssl.SSLSocket:
     """Wrap ``sock`` (nothing may have been read past STARTTLS) and run the server side
     of the TLS handshake.  Raises ``ssl.SSLError`` (an ``OSError``) when it fails,
     e.g. on a client certificate from another CA or none at all."""
