@@ -207,3 +207,19 @@ def test_sheep_refuses_to_start_on_an_unusable_tls_dir(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.endswith(f"--nbd-tls-dir: NBD TLS: {tmp_path}/ca-cert.pem is missing or unreadable "
                         "(the directory needs ca-cert.pem, server-cert.pem, server-key.pem)")
+
+
+class _RecordingTls:
+    def __init__(self):
+        self.writes: list[bytes] = []
+
+    def sendall(self, data) -> None:
+        self.writes.append(bytes(data))
+
+
+def test_tls_sender_joins_small_buffers_and_writes_large_ones_as_they_are():
+    tls = _RecordingTls()
+    big = bytes(nbd_tls.COALESCE_BYTES)
+    sent = nbd_tls.TlsSender(tls).sendmsg([b"h1", memoryview(b"p1"), b"h2", big, b"h3", b"p3"])
+    assert sent == 10 + len(big)
+    assert tls.writes == [b"h1p1h2", big, b"h3p3"]
