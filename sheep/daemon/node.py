@@ -200,7 +200,8 @@ class Sheep:
                              max_connections=cfg.nbd_max_connections,
                              queue_bytes=cfg.nbd_queue_bytes,
                              handshake_timeout_s=cfg.nbd_handshake_timeout_s,
-                             max_options=cfg.nbd_max_options)
+                             max_options=cfg.nbd_max_options,
+                             send_timeout_s=cfg.io_timeout_s)
         self.exports.server = self.nbd
         self.snapshots = SnapshotService(self.vdis, self.locks, self.exports, coord.members,
                                          self.node_id, forward=self._forward_snapshot)

@@ -16,11 +16,15 @@ import time
 
 import pytest
 
+import gevent.socket
+
 from nbd_frontend import protocol as p
+from nbd_frontend.server import NbdServer
 from sheepdog_local.zookeeper import four_letter_word
 from tests.integration.fixtures_cluster import poll
 from tests.integration.fixtures_nbd import MiB, attached, create_vdi, module_cluster, run, uri
-from tests.integration.test_nbd_protocol import go_data, opt, option_replies, recv_exact
+from tests.integration.memory_exports import MemoryProvider
+from tests.integration.test_nbd_protocol import go_data, opt, option_replies, recv_exact, wait_for
 
 MAX_CONNECTIONS = 8
 QUEUE_BYTES = 64 * MiB          # the default cap
@@ -61,20 +65,22 @@ class Peak:
         return status_bytes(self.pid, "VmHWM") - self.start
 
 
-def nbd_connect(node, rcvbuf: int | None = None) -> socket.socket:
-    sock = socket.socket()
+def nbd_connect(node, rcvbuf: int | None = None, port: int | None = None,
+                sockets=socket) -> socket.socket:
+    """A raw client past the greeting (``sockets``: gevent's for an in-process server)."""
+    sock = sockets.socket()
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(30)
-    sock.connect(("127.0.0.1", node.nbd_port))
+    sock.connect(("127.0.0.1", port or node.nbd_port))
     assert recv_exact(sock, 18) == b"NBDMAGICIHAVEOPT\x00\x03"
     sock.sendall(struct.pack("!I", p.FLAG_C_FIXED_NEWSTYLE | p.FLAG_C_NO_ZEROES))
     return sock
 
 
-def nbd_go(node, name: str, rcvbuf: int | None = None) -> socket.socket:
+def nbd_go(node, name: str, rcvbuf: int | None = None, **where) -> socket.socket:
     """A raw client in transmission on ``name`` (simple replies: none negotiated)."""
-    sock = nbd_connect(node, rcvbuf)
+    sock = nbd_connect(node, rcvbuf, **where)
     sock.sendall(opt(p.OPT_GO, go_data(name)))
     replies = option_replies(sock)
     assert replies[-1][0] == p.REP_ACK, replies
@@ -202,6 +208,10 @@ def test_connections_beyond_the_limit_are_closed_at_accept(cluster):
                 pass
             s.close()
         assert time.monotonic() - started < 10
+        refused = run("qemu-io", "-r", "-f", "raw", "-c", "read 0 4k", uri(node, "cflood"),
+                      check=False)
+        assert refused.returncode != 0              # over the limit: closed at accept
+        print("qemu-io over the limit:", refused.stderr.decode().strip())
         served = held[0]                            # a client within the limit is served
         served.sendall(request(p.CMD_READ, 99, 0, 4096))
         assert simple_reply(served) == (0, 99) and len(recv_exact(served, 4096)) == 4096
@@ -275,3 +285,23 @@ def list_names(node) -> list[bytes]:
         return [data[4:] for rtype, data in option_replies(sock) if rtype == p.REP_SERVER]
     finally:
         sock.close()
+
+
+def test_a_connection_whose_replies_do_not_move_is_closed():
+    """In process (the deadline is --io-timeout in a sheep): replies unread past
+    ``send_timeout_s`` while the connection waits for room close it."""
+    provider = MemoryProvider()
+    provider.add("disk", 2 * BIG)
+    server = NbdServer(provider, "127.0.0.1", 0, send_timeout_s=0.5)
+    server.start()
+    sock = None
+    try:
+        sock = nbd_go(None, "disk", rcvbuf=64 << 10, port=server.address[1],
+                      sockets=gevent.socket)
+        sock.sendall(b"".join(request(p.CMD_READ, h, 0, BIG) for h in range(8)))
+        wait_for(lambda: server.clients("disk") == 1, 5)
+        wait_for(lambda: server.clients("disk") == 0, 10)   # closed by the deadline
+    finally:
+        if sock is not None:
+            sock.close()
+        server.stop()
