@@ -40,6 +40,9 @@ class CatalogCache:
         self._listed_at = float("-inf")     # when the listing in _entries started
         self._flight: AsyncResult | None = None
         self._flight_at = float("-inf")     # when the last listing started
+        self._epoch = 0                     # bumped by invalidate: older listings are stale
+        self._listed_epoch = 0              # the epoch the listing in _entries started in
+        self._flight_epoch = 0              # the epoch the last listing started in
         self.listings = 0
 
     def entries(self) -> list[dict]:
@@ -53,18 +56,20 @@ class CatalogCache:
         return found
 
     def invalidate(self) -> None:
-        """The next caller lists again (e.g. an entry read directly was newer)."""
-        self._listed_at = float("-inf")
+        """Callers from now on use only a listing that starts after this call (e.g. an
+        entry read directly was newer): not the cached one, nor one in flight now."""
+        self._epoch += 1
 
     def _fresh(self, since: float) -> list[dict]:
         """A listing that started at ``since`` or later."""
         while True:
-            if self._entries is not None and self._listed_at >= since:
+            if (self._entries is not None and self._listed_at >= since
+                    and self._listed_epoch == self._epoch):
                 return self._entries
-            flight, flight_at = self._flight, self._flight_at
+            flight, flight_at, flight_epoch = self._flight, self._flight_at, self._flight_epoch
             if flight is not None:
                 entries = flight.get()
-                if flight_at >= since:
+                if flight_at >= since and flight_epoch == self._epoch:
                     return entries
                 continue
             wait = self._flight_at + self.min_gap_s - self._clock()
@@ -76,6 +81,7 @@ class CatalogCache:
     def _list(self) -> list[dict]:
         flight = self._flight = AsyncResult()
         started = self._flight_at = self._clock()
+        epoch = self._flight_epoch = self._epoch
         self.listings += 1
         try:
             entries = self._list_entries()
@@ -84,6 +90,6 @@ class CatalogCache:
             raise
         finally:
             self._flight = None
-        self._entries, self._listed_at = entries, started
+        self._entries, self._listed_at, self._listed_epoch = entries, started, epoch
         flight.set(entries)
         return entries

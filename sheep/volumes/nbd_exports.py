@@ -26,8 +26,9 @@ read the same bytes while no write runs.  A hand-off closes the same barrier.
 
 Handshakes look names up in a cached catalog (`sheep.volumes.catalog_cache`): a
 LIST or INFO answers from a listing at most a second old, an unknown name is
-looked up once more in a fresh listing, and attaching re-reads the one entry it
-attaches (a single ZooKeeper read) so it never attaches a stale one.
+looked up once more in a fresh listing, and attaching confirms the one entry it
+attaches by a ZooKeeper read of it that started after the lookup, so it never
+attaches a stale one (`VdiExportProvider._current_entry`).
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from sheep.volumes.write_right import WriteRightMixin
 from vdi.volume import Volume
 
 QUIESCE_TIMEOUT_S = 30.0
+ATTACH_TRIES = 3            # lookups of an export's entry before attaching gives up
 
 log = logging.getLogger(__name__)
 
@@ -254,17 +256,23 @@ class VdiExportProvider(WriteRightMixin):
         return found
 
     def _current_entry(self, name: str) -> dict:
-        """Like ``_entry``, checked against ZooKeeper: the cached entry when it is
-        unchanged (one read), else the entry in a fresh listing."""
-        entry = self._entry(name)
-        try:
-            current = self.vdis.catalog.get(entry["vid"])
-        except NotFound:
-            current = None
-        if current == entry:
-            return current          # a copy of its own: the cached one stays untouched
-        self.catalog_cache.invalidate()
-        return self._entry(name)
+        """The entry export ``name`` names, confirmed by ZooKeeper: ``_entry``'s answer
+        only once a read of that vid, started after the answer, returns it unchanged
+        (one read when the cache is right).  On a mismatch the cache is invalidated and
+        the name looked up again in a listing that started after the mismatch was seen
+        (never one already in flight, which may predate the change); Unavailable when the
+        entry keeps changing for ``ATTACH_TRIES`` lookups."""
+        for _ in range(ATTACH_TRIES):
+            entry = self._entry(name)
+            try:
+                current = self.vdis.catalog.get(entry["vid"])
+            except NotFound:
+                current = None
+            if current == entry:
+                return current      # a copy of its own: the cached one stays untouched
+            self.catalog_cache.invalidate()
+        raise Unavailable(f"export '{name}': its catalog entry kept changing while it was "
+                          "attached; try again")
 
     def describe(self, name: str) -> tuple[int, bool]:
         entry = self._entry(name)

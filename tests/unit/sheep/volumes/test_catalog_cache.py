@@ -116,3 +116,18 @@ def test_callers_wait_for_the_gap_rather_than_list_back_to_back(gap):
     cache.find(named("x"))
     assert catalog.calls == 2
     assert gevent.get_hub().loop.now() - started >= gap * 0.9
+
+
+def test_invalidate_rejects_a_listing_already_in_flight():
+    catalog = Catalog([{"name": "old"}])
+    catalog.gate = Event()
+    cache = CatalogCache(catalog, min_gap_s=0.0)
+    first = gevent.spawn(cache.entries)             # a listing held open
+    gevent.sleep(0.01)
+    cache.invalidate()
+    after = gevent.spawn(cache.entries)             # asked after the invalidate
+    gevent.sleep(0.01)
+    catalog.gate.set()
+    gevent.joinall([first, after], raise_error=True, timeout=5)
+    assert first.value == after.value == [{"name": "old"}]
+    assert catalog.calls == 2                       # ``after`` did not share the first
