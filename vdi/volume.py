@@ -198,17 +198,19 @@ class Volume:
 
     # -- read ------------------------------------------------------------------
 
-    def read(self, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset``; holes read as zeros without I/O."""
+    def read(self, offset: int, length: int) -> bytearray:
+        """``length`` bytes at ``offset``; holes read as zeros without I/O.
+
+        A new bytearray the caller owns (nothing else refers to it), not copied into
+        ``bytes``: a big NBD READ would otherwise hold its payload twice.  It is not
+        hashable; a caller that needs a key or ``bytes`` converts it itself."""
         self._check_range(offset, length)
-        if length == 0:
-            return b""
         out = bytearray(length)
         for idx, obj_off, buf_off, n in self._pieces(offset, length):
             piece = self._read_piece(idx, obj_off, n)
             if piece is not None:
                 out[buf_off:buf_off + n] = piece
-        return bytes(out)
+        return out
 
     def _read_piece(self, idx: int, obj_off: int, n: int):
         """The bytes of one piece, or None for a hole."""

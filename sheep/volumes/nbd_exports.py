@@ -157,7 +157,7 @@ class VdiExport:
         if self.moved and self.writer is None:
             self._provider.follow_working(self)
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytearray:
         self._check()
         self._follow()
         return self.volume.read(offset, length)

@@ -151,6 +151,17 @@ def test_missing_object_is_an_error():
         vol.read(0, 10)
 
 
+def test_read_returns_a_buffer_of_the_callers_own():
+    gw = FakeGateway()
+    vol = new_volume(gw, 3 * OS)
+    vol.write(OS - 2, b"abcd")
+    first = vol.read(OS - 4, 8)                 # spans two objects
+    assert isinstance(first, bytearray) and first == b"\0\0abcd\0\0"
+    first[:] = b"X" * 8                         # the caller may reuse it
+    assert vol.read(OS - 4, 8) == b"\0\0abcd\0\0"
+    assert gw.objects[data_oid(VID, 0)][-2:] == b"ab"
+
+
 def test_short_last_object():
     gw = FakeGateway()
     vol = new_volume(gw, OS + 100)
