@@ -41,27 +41,27 @@ def new_token() -> str:
 
 
 def write_private(path: Path, text: str, *, exclusive: bool = False) -> None:
-    """Write ``text`` to ``path`` with mode 0600, atomically (rename), creating its
-    directory (0700).  ``exclusive``: fail with FileExistsError if it exists."""
+    """Write ``text`` to ``path`` with mode 0600, creating its directory (0700).  The file
+    appears whole or not at all (a temporary file, fsynced, then renamed, or with
+    ``exclusive`` hard-linked: FileExistsError if ``path`` exists, and a racing reader
+    never sees it empty)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    data = text.encode()
-    if exclusive:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_random.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
         try:
-            os.write(fd, data)
+            os.write(fd, text.encode())
             os.fsync(fd)
         finally:
             os.close(fd)
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def read_line(path: Path) -> str | None:

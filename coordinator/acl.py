@@ -95,10 +95,17 @@ def is_private(acls: list[ACL]) -> bool:
     return not any((e.id.scheme, e.id.id) == ("world", "anyone") for e in acls)
 
 
-def wanted_acl(acls: list[ACL], secret: ClusterSecret) -> list[ACL]:
-    """The ACL a cluster znode whose ACL is ``acls`` (open, or under an older secret)
-    should have under ``secret``: private stays private, everything else is member."""
-    return private_acl(secret) if is_private(acls) else member_acl(secret)
+PRIVATE_NAMES = frozenset({"admin_token"})     # cluster znodes that hold a secret
+
+
+def wanted_acl(acls: list[ACL], secret: ClusterSecret, path: str = "") -> list[ACL]:
+    """The ACL a cluster znode at ``path`` whose ACL is ``acls`` (open, or under an older
+    secret) should have under ``secret``: the secrets (`PRIVATE_NAMES`, whatever their
+    ACL is now: one planted in an open tree must not become world-readable) and what is
+    private stay private, everything else is member."""
+    if is_private(acls) or path.rsplit("/", 1)[-1] in PRIVATE_NAMES:
+        return private_acl(secret)
+    return member_acl(secret)
 
 
 def same_acl(a: list[ACL], b: list[ACL]) -> bool:

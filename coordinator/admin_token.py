@@ -13,9 +13,11 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError
 
+from common.errors import NotReady
 from common.secrets import SecretError, new_token, read_line, write_private
+from coordinator.acl import REFUSED, is_private
 from coordinator.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -36,11 +38,21 @@ class AdminToken:
 
     def load(self) -> str:
         """Read the cluster's token (creating it if this is the first sheep), keep it
-        current with a watch, and write it to the token file."""
+        current with a watch, and write it to the token file.  A token znode others can
+        read or write is not trusted: it is made private and the token replaced."""
         try:
-            token = self._read()
-        except NoNodeError:
-            token = self._create()
+            try:
+                token = self._read()
+                if self._acl is not None and not is_private(self._client.get_acls(self.path)[0]):
+                    log.error("the admin token znode %s is not private (its ACL lets others "
+                              "read or write it): replacing it with a new private token",
+                              self.path)
+                    self._client.set_acls(self.path, self._acl)
+                    token = self.rotate()
+            except NoNodeError:
+                token = self._create()
+        except NoAuthError:
+            raise NotReady(f"{REFUSED} (admin token {self.path})") from None
         self._set(token)
         if not self._watching:
             self._watching = True

@@ -3,8 +3,9 @@
 * ``ensure_tree`` (``Coordinator.start``): the cluster's directories exist, new ones with
   the client's ``default_acl``; ``/sheepdog`` is shared by every cluster of the ZooKeeper
   (``acl.SHARED_PARENT_ACL``); with a secret, a root this sheep's identity may not write
-  raises NoAuthError, and a root from before ACLs (world-writable) is warned about but
-  left alone: tightening it at start would lock out the sheep not upgraded yet.
+  raises NoAuthError, and a world-writable root (a tree from before ACLs, or one someone
+  else made open to plant state, e.g. an admin token of their choosing) is refused
+  (`OpenTree`) until an operator tightens it with ``set_tree_acls``.
 * ``set_tree_acls`` walks ``/sheepdog/<cluster>`` and gives every znode the ACL of a
   secret (``acl.wanted_acl``: private znodes stay private): it tightens a tree made
   before ACLs, and it moves the tree to a new secret (rotation), authenticated with both.
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 BATCH = 256     # requests in flight during a walk
 
 
+class OpenTree(InvalidRequest):
+    """The cluster's tree in ZooKeeper may be written by anyone: a sheep will not use it."""
+
+
 def ensure_tree(client, layout: Layout, secret: ClusterSecret | None) -> None:
     """Make the cluster's directories exist; see the module docstring."""
     if secret is not None and client.exists(BASE) is None:
@@ -47,9 +52,11 @@ def ensure_tree(client, layout: Layout, secret: ClusterSecret | None) -> None:
         if not acl.may_create(acls, secret):
             raise NoAuthError(layout.root)
         if acl.world_writable(acls):
-            log.warning("cluster %s: its znodes are world-writable (made before ACLs); once "
-                        "every sheep runs this version: python -m coordinator.rekey "
-                        "(docs/zookeeper.md)", layout.cluster)
+            raise OpenTree(
+                f"cluster {layout.cluster}: {layout.root} in ZooKeeper is world-writable (made "
+                f"before ACLs, or by someone else); check it, then tighten it with: python -m "
+                f"coordinator.rekey --zk HOSTS --cluster {layout.cluster} --new-secret-file "
+                f"SECRET (docs/zookeeper.md)")
     for path in layout.base_paths():
         client.ensure_path(path)
 
@@ -98,7 +105,7 @@ def set_tree_acls(client, root: str, secret: ClusterSecret,
             raise NoAuthError(path)
         if isinstance(got, Exception):
             continue
-        want = acl.wanted_acl(got[0], secret)
+        want = acl.wanted_acl(got[0], secret, path)
         if not acl.same_acl(got[0], want):
             todo.append((path, want))
     changed = 0

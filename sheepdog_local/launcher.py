@@ -9,7 +9,8 @@
 cluster, creates a demo VDI and prints how to reach it.  The cluster's secret and admin
 token are in DIR/keys; `up` also copies the token to collie's per-user token file
 (~/.config/collie/token) so that a plain `collie vdi list` works.  `down` stops exactly
-the processes `up` recorded in DIR/cluster.json.
+the processes `up` recorded in DIR/cluster.json, and removes collie's token file if it
+still holds this cluster's token.
 """
 from __future__ import annotations
 
@@ -117,6 +118,13 @@ def cmd_down(args) -> int:
         return 1
     pids = stop_recorded(args.dir)
     print(f"stopped {len(pids)} processes")
+    user_token = user_token_file()
+    try:
+        ours = (args.dir / "keys" / "admin.token").read_text()
+        if user_token.read_text() == ours:      # still this cluster's: it is of no further use
+            user_token.unlink()
+    except OSError:
+        pass
     return 0
 
 

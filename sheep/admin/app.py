@@ -34,6 +34,8 @@ REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
            423: "Locked", 500: "Internal Server Error", 503: "Service Unavailable",
            507: "Insufficient Storage"}
 DATA_CHUNK = 4 << 20
+JSON_MAX_BODY = 1 << 20          # a JSON request body (PUT data may be up to --admin-max-body)
+UNREAD_BODY = "sheepdog.unread_body"   # environ flag: close without reading the body
 
 
 def status_for(exc: E.SheepError) -> int:
@@ -44,10 +46,10 @@ def status_for(exc: E.SheepError) -> int:
 
 
 class Request:
-    def __init__(self, environ: dict, params: dict, max_body: int = 1 << 20) -> None:
+    def __init__(self, environ: dict, params: dict, max_body: int = JSON_MAX_BODY) -> None:
         self.environ = environ
         self.params = params
-        self.max_body = max_body
+        self.max_body = min(max_body, JSON_MAX_BODY)
         self.query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
 
     def json(self) -> dict:
@@ -55,6 +57,7 @@ class Request:
         # a chunked body has no length: read one byte past the cap to see it is too long
         raw = self.environ["wsgi.input"].read(declared or self.max_body + 1)
         if len(raw) > self.max_body:
+            self.environ[UNREAD_BODY] = True
             raise E.InvalidRequest(f"request body is over {self.max_body} bytes")
         if not raw:
             return {}
@@ -128,9 +131,11 @@ class AdminApp:
                 log.warning("admin %s %s from %s refused: %s", method, path,
                             environ.get("REMOTE_ADDR"), refusal.message)
             data = json.dumps({"error": refusal.message, "code": refusal.code}).encode() + b"\n"
+            environ[UNREAD_BODY] = True     # a refused client's body is never read
             start_response(f"{refusal.status} {REASONS.get(refusal.status, 'Refused')}",
                            [("Content-Type", "application/json"),
-                            ("Content-Length", str(len(data))), *refusal.headers])
+                            ("Content-Length", str(len(data))), ("Connection", "close"),
+                            *refusal.headers])
             return [data]
         max_body = self.policy.max_body if self.policy else 1 << 20
         try:
@@ -183,6 +188,15 @@ class _Handler(WSGIHandler):
             return super().read_request(raw_requestline)
         finally:
             self._head_deadline.cancel()
+
+    def run_application(self):
+        super().run_application()
+        if self.environ.get(UNREAD_BODY):
+            # pywsgi would read (discard) the rest of the body before the next request: a
+            # client declaring a huge or never-sent body would hold this worker.  Close.
+            self.wsgi_input.content_length = 0
+            self.wsgi_input.chunked_input = False
+            self.close_connection = True
 
 
 class AdminServer:

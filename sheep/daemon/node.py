@@ -346,6 +346,9 @@ def _load_secret(path) -> ClusterSecret:
     if created:
         log.warning("generated a new cluster secret in %s: copy this file to every sheep of "
                     "the cluster (docs/security.md)", path)
+    elif path.stat().st_mode & 0o077:
+        log.warning("the cluster secret %s is readable by others than its owner: "
+                    "chmod 600 it", path)
     log.info("cluster secret %s (fingerprint %s)", path, secret.fingerprint)
     return secret
 

@@ -165,6 +165,25 @@ def test_slow_and_idle_clients_cannot_hold_the_admin_api(cluster):
     assert api(n0, "/vdis").status_code == 200
 
 
+def test_refused_clients_that_never_send_their_body_do_not_hold_workers(cluster):
+    n0 = cluster.sheep[0]
+    hostile = []
+    try:
+        for length in [100, 10 ** 12] * WORKERS:   # more than every worker
+            s = socket.create_connection(("127.0.0.1", n0.admin_port), timeout=10)
+            s.sendall(f"POST /vdis HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                      f"application/json\r\nContent-Length: {length}\r\n\r\n{{".encode())
+            hostile.append(s)
+        for s in hostile:                  # each is answered 401 and closed, body unread
+            assert _read_to_eof(s, 10).startswith(b"HTTP/1.1 401")
+        started = time.monotonic()
+        assert requests.get(n0.admin_url + "/vdis", headers=n0.auth, timeout=5).ok
+        assert time.monotonic() - started < HEAD_TIMEOUT_S + 2
+    finally:
+        for s in hostile:
+            s.close()
+
+
 def _read_to_eof(s: socket.socket, timeout: float) -> bytes:
     """Everything the server sends until it closes; socket.timeout if it never does."""
     s.settimeout(timeout)

@@ -98,8 +98,10 @@ def test_a_store_of_another_cluster_is_refused_before_it_joins(cluster_factory):
     stranger = a.sheep[0]
     stranger.stop()
     before = api_json(b.sheep[0], "/cluster")["epochs"]
-    # cluster A's store, started against cluster B (formatted and running)
+    # cluster A's store, started against cluster B (formatted and running), with B's secret
+    # (else ZooKeeper refuses it even earlier: test_zk_acl)
     stranger.zk_hosts, stranger.cluster = b.sheep[0].zk_hosts, b.sheep[0].cluster
+    stranger.keys_dir = b.keys_dir
     stranger.start()
     assert stranger._proc.wait(timeout=30) == 1
     assert "belongs to cluster" in stranger.log_tail()

@@ -58,12 +58,13 @@ def test_up_serves_a_demo_vdi_and_down_leaves_no_process(tmp_path):
         assert all(pid_alive(p) for p in pids)
 
         # a second `up` on the same dir refuses instead of starting another cluster
-        again = launcher("up", *args, check=False)
+        again = launcher("up", *args, check=False, env=env)
         assert again.returncode == 1 and "already" in again.stderr
         assert "running" in launcher("status", "--dir", str(d)).stdout
     finally:
         # the other command stops everything the first one started
-        launcher("down", "--dir", str(d), check=False)
+        launcher("down", "--dir", str(d), check=False, env=env)
     poll(lambda: not any(pid_alive(p) for p in pids), 20, "every launched process gone")
     assert not (d / "cluster.json").exists()
-    assert launcher("down", "--dir", str(d), check=False).returncode == 1
+    assert not (home / ".config" / "collie" / "token").exists()   # this cluster's: removed
+    assert launcher("down", "--dir", str(d), check=False, env=env).returncode == 1

@@ -7,7 +7,6 @@ secret (and tightens a tree made before ACLs).
 """
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 
@@ -20,12 +19,13 @@ from kazoo.security import OPEN_ACL_UNSAFE
 from common.errors import NotReady
 from common.secrets import ClusterSecret
 from coordinator import acl
+from coordinator.admin_token import AdminToken
 from coordinator.attachments import Attachments
 from coordinator.catalog import Catalog
 from coordinator.cluster import Coordinator
 from coordinator.layout import BASE, Layout, vid_name
 from coordinator.locks import VdiLocks
-from coordinator.rekey import set_tree_acls, tree
+from coordinator.rekey import OpenTree, set_tree_acls, tree
 from coordinator.ring import Member
 from tests.integration.fixtures_cluster import api_json, cluster_factory, collie, poll  # noqa: F401
 from tests.integration.fixtures_zk import wait_until, zk_chroot, zk_server  # noqa: F401
@@ -219,27 +219,31 @@ def test_rekey_moves_the_tree_to_a_new_secret(coordinators, clients, zk_server, 
     assert acl.same_acl(anon.get_acls(scratch)[0], OPEN_ACL_UNSAFE)
 
 
-def test_a_tree_from_before_acls_is_warned_about_and_tightened(coordinators, clients,
-                                                               zk_chroot, caplog):
+def test_a_world_writable_tree_is_refused_until_tightened(coordinators, clients, zk_chroot):
     layout = Layout(zk_chroot)
     legacy = coordinators(1, None)      # a sheep from before ACLs: everything world-writable
     legacy.start(timeout_s=15)
     legacy.format(copies=1)
     legacy.wait_for_epoch(1)
     assert acl.world_writable(clients().get_acls(layout.epoch(1))[0])
+    # anyone could have planted state there (an admin token of their choosing, ...)
+    anon = clients()
+    anon.create(f"{layout.root}/admin_token", b"planted-by-a-stranger")
+    legacy.stop()
 
-    with caplog.at_level(logging.WARNING, logger="coordinator.rekey"):
-        coordinators(2, SECRET).start(timeout_s=15)     # joins, and says what to run
-    assert "world-writable (made before ACLs)" in caplog.text
-    legacy.wait_for_epoch(2)
+    with pytest.raises(OpenTree, match="world-writable.*coordinator.rekey"):
+        coordinators(2, SECRET).start(timeout_s=15)
 
     authed = clients(SECRET)
     seen, changed = set_tree_acls(authed, layout.root, SECRET)
-    assert seen >= 12 and changed == seen - 2      # all but n2's member and contender znodes
+    assert seen >= 12 and changed == seen
     assert set_tree_acls(authed, layout.root, SECRET) == (seen, 0)     # idempotent
-    assert [p for p, a in acls_of(authed, layout.root).items()
-            if not acl.same_acl(a, acl.member_acl(SECRET))] == []
+    found = acls_of(authed, layout.root)
+    # the planted secret is private now (not world-readable), everything else member
+    assert acl.same_acl(found.pop(f"{layout.root}/admin_token"), acl.private_acl(SECRET))
+    assert [p for p, a in found.items() if not acl.same_acl(a, acl.member_acl(SECRET))] == []
     assert assert_writes_refused(clients(), layout.root) == seen
+    coordinators(3, SECRET).start(timeout_s=15)      # a tightened tree is joined
 
 
 def test_real_sheep_tree_acls_and_a_stranger_sheep(cluster_factory, clients, tmp_path):
@@ -289,3 +293,17 @@ def test_real_sheep_tree_acls_and_a_stranger_sheep(cluster_factory, clients, tmp
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_an_admin_token_others_can_read_is_replaced_by_a_private_one(clients, zk_chroot):
+    layout = Layout(zk_chroot)
+    authed = clients(SECRET)
+    path = f"{layout.root}/admin_token"
+    authed.create(path, b"known-to-everyone-0123", acl=acl.member_acl(SECRET), makepath=True)
+    token = AdminToken(authed, zk_chroot, None, acl=acl.private_acl(SECRET))
+    fresh = token.load()
+    assert fresh != "known-to-everyone-0123" and token.current == fresh
+    assert acl.same_acl(authed.get_acls(path)[0], acl.private_acl(SECRET))
+    with pytest.raises(NoAuthError):
+        clients().get(path)
+    assert authed.get(path)[0].decode() == fresh

@@ -35,3 +35,19 @@ def test_bad_secret_files_are_refused_clearly(tmp_path, text, why):
 
 def test_same_is_an_exact_comparison():
     assert same("abc", b"abc") and not same("abc", "abd") and not same("abc", "ab")
+
+
+def test_processes_racing_to_create_the_secret_all_read_the_same_one(tmp_path):
+    import multiprocessing
+    path = tmp_path / "keys" / "cluster.secret"
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(4) as pool:
+        for trial in range(20):
+            target = path.with_name(f"s{trial}")
+            fingerprints = pool.map(_fingerprint_of, [target] * 8)
+            assert len(set(fingerprints)) == 1, fingerprints
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]   # no temp left
+
+
+def _fingerprint_of(path):
+    return ClusterSecret.load_or_create(path)[0].fingerprint

@@ -76,3 +76,11 @@ def test_who_may_change_the_acls():
     assert not acl.may_admin(acl.member_acl(SECRET), [OTHER, None])
     assert acl.may_admin(OPEN_ACL_UNSAFE, [None])
     assert not acl.may_admin(acl.SHARED_PARENT_ACL, [SECRET])
+
+
+def test_the_admin_token_is_private_whatever_acl_it_was_planted_with():
+    for found in (OPEN_ACL_UNSAFE, acl.member_acl(OTHER), acl.private_acl(OTHER)):
+        assert acl.same_acl(acl.wanted_acl(found, SECRET, "/sheepdog/c/admin_token"),
+                            acl.private_acl(SECRET))
+    assert acl.same_acl(acl.wanted_acl(OPEN_ACL_UNSAFE, SECRET, "/sheepdog/c/members"),
+                        acl.member_acl(SECRET))
