@@ -22,13 +22,14 @@ from pathlib import Path
 
 from collie import render
 from collie.client import AdminClient, CollieError, Exit, quoted, vdi_path
-from collie.progress import Progress
+from collie.progress import Progress, watch_recovery
 from collie.sizes import format_size, parse_size
 from collie.tokens import TokenError, find_token, write_token
 
 CHUNK_BYTES = 4 << 20
 DEFAULT_ADDR = "127.0.0.1"
 DEFAULT_ADMIN_PORT = 7000
+WATCH_READ_TIMEOUT_S = 30      # a sheep that hangs mid-watch ends it within this (exit 2)
 
 
 class UsageError(Exception):
@@ -81,6 +82,16 @@ def _count(text: str) -> int:
 
 def _port(text: str) -> int:
     return _bounded_int(text, 1, 65535, "port")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < 1e6:
+        raise ValueError(f"invalid interval '{text}': expected seconds > 0")
+    return value
 
 
 size_arg = _typed(parse_size)
@@ -189,8 +200,28 @@ def cmd_node_recovery(client, args) -> int:
     if getattr(args, "action", None) == "set-throttle":
         return _set_throttle(client, args)
     with _route("node recovery", route_only=True):
+        if getattr(args, "watch", False):
+            return _watch_recovery(client, args)
         answer = client.get("/recovery")
     return _emit(args, answer, render.render_recovery(answer))
+
+
+def _watch_recovery(client, args) -> int:
+    """Refresh ``GET /recovery`` every ``--interval`` s until every node is complete for the
+    current epoch (exit 0); a sheep that stops answering ends the watch at once (exit 2)."""
+    if hasattr(client, "timeout_s"):
+        client.timeout_s = min(client.timeout_s, WATCH_READ_TIMEOUT_S)
+
+    def fetch() -> dict:
+        try:
+            return client.get("/recovery")
+        except CollieError as err:
+            if err.exit_code != Exit.UNREACHABLE or err.status is not None:
+                raise
+            raise CollieError(f"watch stopped: {err.message}", Exit.UNREACHABLE) from err
+
+    watch_recovery(fetch, args.interval, sys.stdout, as_json=getattr(args, "json", False))
+    return Exit.OK
 
 
 def _set_throttle(client, args) -> int:
@@ -219,7 +250,12 @@ def cmd_vdi_create(client, args) -> int:
 
 def cmd_vdi_list(client, args) -> int:
     answer = client.get("/vdis")
-    return _emit(args, answer, render.render_vdi_list(answer.get("vdis") or []))
+    if not getattr(args, "long", False):
+        return _emit(args, answer, render.render_vdi_list(answer.get("vdis") or []))
+    with _route("vdi list -l", route_only=True):
+        locks = client.get("/locks")
+    vdis = render.with_attachments(answer.get("vdis") or [], locks)
+    return _emit(args, {**answer, "vdis": vdis}, render.render_vdi_list_long(vdis))
 
 
 def cmd_vdi_delete(client, args) -> int:
@@ -434,13 +470,18 @@ def build_parser() -> Parser:
     p.add_argument("--objects", type=_typed(lambda t: _bounded_int(t, 0, 1 << 40, "objects per second")),
                    default=None, help="objects per second (0: unlimited)")
     p.add_argument("--bytes", type=offset_arg, default=None, help="bytes per second, e.g. 50M (0: unlimited)")
+    p.add_argument("-w", "--watch", action="store_true",
+                   help="refresh until recovery is complete (--json: one JSON document per line)")
+    p.add_argument("--interval", type=_typed(_seconds), default=1.0,
+                   help="seconds between refreshes with --watch (default 1)")
 
     vdi = commands(groups.add_parser("vdi", help="virtual disk image operations"))
     p = add(vdi, "create", cmd_vdi_create, "create a VDI")
     p.add_argument("name")
     p.add_argument("size", type=size_arg, help="size, e.g. 10G")
     p.add_argument("-c", "--copies", type=count_arg, default=None, help="replicas (default: the cluster's)")
-    add(vdi, "list", cmd_vdi_list, "list VDIs and snapshots")
+    add(vdi, "list", cmd_vdi_list, "list VDIs and snapshots").add_argument(
+        "-l", "--long", action="store_true", help="also show where each VDI is attached, and by whom")
     p = add(vdi, "delete", cmd_vdi_delete, "delete a VDI, or one of its snapshots with -s")
     p.add_argument("-s", "--snapshot", dest="tag", default=None, help="snapshot tag or id")
     p.add_argument("name")

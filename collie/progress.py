@@ -1,4 +1,5 @@
-"""A one-line progress bar on stderr for long reads and writes.
+"""Live output: a one-line progress bar on stderr for long reads and writes, and the
+refresh loop and screen of ``--watch``.
 
 ``Progress.for_transfer(total, stream, enabled)`` gives a real bar only when the
 caller allows it (not ``--json``), the stream is a TTY and the total is known and
@@ -7,10 +8,12 @@ is pure so the line can be tested without a terminal or a clock.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Callable, TextIO
 
+from collie import render_watch
 from collie.sizes import format_rate
 
 MIN_TOTAL_BYTES = 8 << 20
@@ -75,3 +78,69 @@ class Progress(NullProgress):
     def _draw(self, t: float) -> None:
         self.stream.write("\r" + render_bar(self.done, self.total, t - self.started))
         self.stream.flush()
+
+
+class LiveScreen:
+    """Shows successive blocks of text (one per refresh of a ``--watch``).
+
+    On a TTY each block is redrawn in place: cursor home, every line cleared to its end,
+    the rest of the screen cleared.  Elsewhere (a pipe, a log file) a block is printed only
+    when its text changed, after a ``[HH:MM:SS]`` line, so logs stay readable.
+    """
+
+    def __init__(self, stream: TextIO, tty: bool | None = None,
+                 stamp: Callable[[], str] = lambda: time.strftime("%H:%M:%S")):
+        isatty = getattr(stream, "isatty", None)
+        self.stream = stream
+        self.tty = bool(isatty and isatty()) if tty is None else tty
+        self.stamp = stamp
+        self.last: str | None = None
+
+    def show(self, text: str) -> None:
+        if self.tty:
+            clear = "\x1b[2J" if self.last is None else ""
+            body = "".join(line + "\x1b[K\n" for line in text.split("\n"))
+            self.stream.write(f"\x1b[H{clear}{body}\x1b[J")
+        elif text != self.last:
+            self.stream.write(f"{'' if self.last is None else chr(10)}[{self.stamp()}]\n{text}\n")
+        self.last = text
+        self.stream.flush()
+
+
+def watch(fetch: Callable[[], dict], show: Callable[[float, dict], None],
+          done: Callable[[dict], bool], interval_s: float, *,
+          now: Callable[[], float] = time.monotonic,
+          sleep: Callable[[float], None] = time.sleep) -> dict:
+    """``show(t, fetch())`` every ``interval_s`` seconds (``t``: seconds since the first
+    fetch) until ``done(answer)``; returns that last answer.  Errors of ``fetch`` and
+    ``KeyboardInterrupt`` go to the caller."""
+    start = now()
+    while True:
+        asked = now()
+        answer = fetch()
+        show(now() - start, answer)
+        if done(answer):
+            return answer
+        sleep(max(0.0, interval_s - (now() - asked)))
+
+
+def watch_recovery(fetch: Callable[[], dict], interval_s: float, stream: TextIO, *,
+                   as_json: bool = False, now: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], None] = time.sleep) -> dict:
+    """``collie node recovery --watch``: ``GET /recovery`` answers (from ``fetch``) shown on
+    a ``LiveScreen``, or as one JSON document per line, until recovery is done; returns
+    the final answer."""
+    tracker = render_watch.RateTracker()
+    screen = None if as_json else LiveScreen(stream)
+
+    def show(t: float, answer: dict) -> None:
+        tracker.observe(t, answer)
+        estimates = tracker.estimates(answer)
+        if screen is None:
+            stream.write(json.dumps(render_watch.watch_document(t, answer, estimates),
+                                    sort_keys=True) + "\n")
+            stream.flush()
+        else:
+            screen.show(render_watch.render_watch(answer, estimates))
+
+    return watch(fetch, show, render_watch.recovery_done, interval_s, now=now, sleep=sleep)

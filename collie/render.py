@@ -163,12 +163,54 @@ def render_vdi_list(vdis: list[dict], tz: tzinfo | None = None) -> str:
     Used: the objects the VDI owns; Shared: the objects it shares with its parents
     (``shared_bytes``; "-" when the sheep does not report it).
     """
-    rows = [(vdi_flag(v), v.get("name", ""), v.get("snap_id") or 0, format_size(int(v.get("size") or 0)),
-             format_size(int(v.get("used_bytes") or 0)), _shared(v), format_time(v.get("created"), tz=tz),
-             f"{int(v.get('vid') or 0):x}", v.get("copies", "-"), v.get("tag") or "")
-            for v in sorted(vdis, key=_vdi_order)]
-    headers = (" ", "Name", "Id", "Size", "Used", "Shared", "Creation time", "VDI id", "Copies", "Tag")
-    return table(headers, rows, right={2, 3, 4, 5, 7, 8})
+    return table(_VDI_HEADERS, [_vdi_row(v, tz) for v in sorted(vdis, key=_vdi_order)],
+                 right=_VDI_RIGHT)
+
+
+_VDI_HEADERS = (" ", "Name", "Id", "Size", "Used", "Shared", "Creation time", "VDI id", "Copies", "Tag")
+_VDI_RIGHT = {2, 3, 4, 5, 7, 8}
+
+
+def _vdi_row(v: dict, tz: tzinfo | None) -> tuple:
+    return (vdi_flag(v), v.get("name", ""), v.get("snap_id") or 0, format_size(int(v.get("size") or 0)),
+            format_size(int(v.get("used_bytes") or 0)), _shared(v), format_time(v.get("created"), tz=tz),
+            f"{int(v.get('vid') or 0):x}", v.get("copies", "-"), v.get("tag") or "")
+
+
+def with_attachments(vdis: list[dict], locks: dict) -> list[dict]:
+    """``GET /vdis`` entries joined (by vid) with ``GET /locks``: each gets ``lock`` (the
+    holder of its write right: ``node_id``, ``client``, ``since``, ``generation``; ``None``
+    when nobody holds it), ``attachments`` (every connection attached to it) and
+    ``standbys`` (the attachments other than the holder)."""
+    found = {}
+    for lock in locks.get("locks") or []:
+        holder = {k: lock.get(k) for k in ("node_id", "client", "since", "generation")}
+        found[lock.get("vid")] = (holder, lock.get("attachments") or [], lock.get("standbys") or [])
+    for entry in locks.get("attached") or []:
+        attached = entry.get("attachments") or []
+        found.setdefault(entry.get("vid"), (None, attached, attached))
+    out = []
+    for v in vdis:
+        holder, attached, standbys = found.get(v.get("vid"), (None, [], []))
+        out.append({**v, "lock": holder, "attachments": attached, "standbys": standbys})
+    return out
+
+
+def _standbys(entry: dict) -> str:
+    return ", ".join(f"{a.get('client') or '-'}@{a.get('node_id') or '-'}"
+                     for a in entry.get("standbys") or []) or "-"
+
+
+def render_vdi_list_long(vdis: list[dict], tz: tzinfo | None = None) -> str:
+    """``with_attachments`` entries -> the ``vdi list`` table plus ``Writer`` (the node holding
+    the write right), ``Client`` (its NBD client, or the admin operation holding it) and
+    ``Standbys`` (the other attachments, ``CLIENT@NODE``); ``-`` where there is none."""
+    rows = []
+    for v in sorted(vdis, key=_vdi_order):
+        holder = v.get("lock") or {}
+        rows.append(_vdi_row(v, tz) + (holder.get("node_id") or "-", holder.get("client") or "-",
+                                       _standbys(v)))
+    return table(_VDI_HEADERS + ("Writer", "Client", "Standbys"), rows, right=_VDI_RIGHT)
 
 
 def _shared(entry: dict) -> str:
