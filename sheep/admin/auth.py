@@ -6,7 +6,8 @@ Order (the first failure answers):
    machine's host names, or a configured ``--admin-host`` (DNS rebinding: a browser
    that resolved ``evil.example`` to this address still sends ``Host: evil.example``).
    -> 421.
-2. Open routes (``GET /health``, ``GET /metrics``) need nothing more.
+2. Open routes (``GET /health``, ``GET /metrics``, the status page's shell ``GET /ui``,
+   ``/ui/ui.js``, ``/ui/ui.css``) need nothing more.
 3. ``Authorization: Bearer <admin token>``, compared in constant time.  -> 401.
 4. A request with a body must say what it is: ``POST`` needs ``application/json``,
    ``PUT`` ``application/octet-stream`` (a CORS "simple request" cannot send either).
@@ -22,7 +23,9 @@ from typing import Callable
 
 from common.secrets import same
 
-OPEN_ROUTES = frozenset({("GET", "/health"), ("GET", "/metrics")})
+# the status page's shell (no cluster data in it; its script reads the API with the token)
+UI_SHELL = frozenset({("GET", "/ui"), ("GET", "/ui/ui.js"), ("GET", "/ui/ui.css")})
+OPEN_ROUTES = frozenset({("GET", "/health"), ("GET", "/metrics")}) | UI_SHELL
 BODY_TYPES = {"POST": "application/json", "PUT": "application/octet-stream"}
 
 
