@@ -5,11 +5,15 @@
 (function () {
   const KEY = "sheepdog.admin.token";
   const POLL_MS = 1500;        // pause between the end of one refresh and the next
-  const VDI_EVERY = 5;         // GET /vdis reads every VDI's map: every 5th refresh, or on a new epoch
+  // Every refresh reads /nodes, /recovery and /locks.  /vdis (it reads every VDI's map) and
+  // /cluster (it reads the whole epoch history) only every few refreshes, and at once when
+  // /recovery says the epoch changed; /ui/ring once per epoch.
+  const VDI_EVERY = 5;
+  const CLUSTER_EVERY = 10;
   const EPOCH_ROWS = 50;       // newest epochs shown
   const $ = (id) => document.getElementById(id);
   const seen = new Map();      // node_id -> its last live /nodes record (this page's memory)
-  let timer = null, tick = 0, lastEpoch = null, vdis = null, ring = null;
+  let timer = null, tick = 0, lastEpoch = null, cluster = null, vdis = null, ring = null;
 
   class Refused extends Error {}
 
@@ -187,19 +191,21 @@
     if (!token) { showLogin(""); return; }
     const t0 = performance.now();
     try {
-      const [cluster, nodes, recovery, locks] = await Promise.all(
-        ["/cluster", "/nodes", "/recovery", "/locks"].map((p) => get(p, token)));
-      const newEpoch = cluster.epoch !== lastEpoch;
+      if (cluster === null) cluster = await get("/cluster", token);   // a new token: one request first
+      const [nodes, recovery, locks] = await Promise.all(
+        ["/nodes", "/recovery", "/locks"].map((p) => get(p, token)));
+      const newEpoch = recovery.epoch !== lastEpoch;
       const more = [];
+      if (tick > 0 && (newEpoch || tick % CLUSTER_EVERY === 0)) more.push(get("/cluster", token).then((c) => { cluster = c; }));
       if (newEpoch || vdis === null || tick % VDI_EVERY === 0) more.push(get("/vdis", token).then((v) => { vdis = v; }));
       if (newEpoch || ring === null) more.push(get("/ui/ring", token).then((r) => { ring = r; }));
       await Promise.all(more);
-      lastEpoch = cluster.epoch;
+      lastEpoch = recovery.epoch;
       tick++;
       const ms = performance.now() - t0;
       $("cluster-name").textContent = cluster.name;
       const fmt = cluster.format || {};
-      $("summary").textContent = cluster.state + ", epoch " + cluster.epoch + ", leader " + (cluster.leader || "-") +
+      $("summary").textContent = cluster.state + ", epoch " + recovery.epoch + ", leader " + (cluster.leader || "-") +
         (fmt.copies ? ", copies " + fmt.copies + ", objects of " + bytes(1 << fmt.block_size_shift) : "");
       fill("nodes", nodeRows(cluster, nodes, recovery));
       fill("recovery", recoveryRows(recovery));
@@ -247,7 +253,7 @@
       if (!token) return;
       sessionStorage.setItem(KEY, token);
       $("login-msg").hidden = true;
-      vdis = null; ring = null; lastEpoch = null;
+      cluster = null; vdis = null; ring = null; lastEpoch = null; tick = 0;
       refresh();
     });
     $("logout").addEventListener("click", () => { sessionStorage.removeItem(KEY); showLogin(""); });
