@@ -17,5 +17,11 @@ class _Null:
     def observe(self, seconds: float) -> None:
         pass
 
+    def error(self) -> None:
+        pass
+
+    def unanswered(self) -> None:
+        pass
+
 
 NULL = _Null()

@@ -130,6 +130,7 @@ class Coordinator(ClusterStateMixin):
         self._stopping = False
         self._lost = False              # session lost, not yet re-registered
         self._generation = 0            # bumped on every LOST: ends a leadership
+        self.fence_events = 0           # times _fence fenced (not the start or stop state)
         self._unfenced = Event()        # set while not fenced
         self._registered = Event()      # member znode exists in the current session
         self._epoch_wake = Event()
@@ -548,6 +549,7 @@ class Coordinator(ClusterStateMixin):
         if self._fenced:
             return
         self._fenced = True
+        self.fence_events += 1
         self._unfenced.clear()
         log.warning("FENCED node=%s: ZooKeeper session in doubt, no writes", self.node_id)
         if self._on_fence is not None:

@@ -89,7 +89,7 @@ class NbdServer:
 
     def __init__(self, provider: ExportProvider, host: str = "127.0.0.1", port: int = 10809, *,
                  pool_size: int = 64, max_connections: int = 256,
-                 handshake_timeout_s: float = 30.0, timing=NULL,
+                 handshake_timeout_s: float = 30.0, timing=NULL, export_timing=None,
                  tls_dir=None, queue_bytes: int = 64 << 20, max_options: int = 64,
                  send_timeout_s: float = 60.0):
         self.provider = provider
@@ -100,6 +100,8 @@ class NbdServer:
         self.send_timeout_s = send_timeout_s    # replies not moving while the reader waits
         # request received (parsed) to reply queued, per command: labels(op).observe(s)
         self.timing = {name: timing.labels(name) for name in _COMMAND_NAMES.values()}
+        # the same, per export: labels(export_name, op).observe(s, nbytes) (None: not kept)
+        self.export_timing = export_timing
         self.pool_size = pool_size
         self.handshake_timeout_s = handshake_timeout_s
         self._listen = (host, port)
@@ -158,6 +160,11 @@ class NbdServer:
         if conns:
             log.warning("dropped %d client(s) of export %s", len(conns), export.name)
         return len(conns)
+
+    @property
+    def connections(self) -> int:
+        """Client connections open now (handshaking or attached)."""
+        return len(self._connections)
 
     def clients(self, name: str) -> int:
         """Number of connections currently attached to export ``name``."""
@@ -219,6 +226,7 @@ class _Connection:
         self._writer = BufferWriter(sock, on_error=self._send_failed)
         self._tx: p.Transmission | None = None
         self._fua_by_export = True
+        self._io: dict = {}         # command -> its export's counts (export_timing)
         self._budget = Budget(server.queue_bytes)   # bytes held for admitted requests
         self._room = Event()        # set when memory is freed while the reader waits
         self._blocked = False       # the reader waits for room
@@ -397,6 +405,7 @@ class _Connection:
                 # Register before any yield so a drop can never miss this connection.
                 self.export, self.export_name = export, req.name
                 self.server._attach(self, req.name)
+                self._export_timers(req.name)
                 self._fua_by_export = bool(getattr(export, "handles_fua", False))
                 size, readonly = export.size, export.readonly
         except Exception as exc:
@@ -409,6 +418,11 @@ class _Connection:
         if req.option != p.OPT_INFO:
             log.info("nbd client %s attached export=%s size=%d readonly=%s",
                      self.peer, req.name, size, readonly)
+
+    def _export_timers(self, name: str) -> None:
+        timing = self.server.export_timing
+        if timing is not None:
+            self._io = {t: timing.labels(name, op) for t, op in _COMMAND_NAMES.items()}
 
     # -- transmission -----------------------------------------------------------------
     def _transmission(self, ready: Ready, leftover: bytes) -> None:
@@ -478,9 +492,13 @@ class _Connection:
         finally:
             self._budget.release(request_cost(req.type, req.length))
             self._freed()
+            elapsed = time.monotonic() - received
             timer = self.server.timing.get(_COMMAND_NAMES.get(req.type))
             if timer is not None:
-                timer.observe(time.monotonic() - received)
+                timer.observe(elapsed)
+            io = self._io.get(req.type)
+            if io is not None:
+                io.observe(elapsed, req.length)
 
     def _run(self, req: Request, tx: p.Transmission) -> None:
         export = self.export

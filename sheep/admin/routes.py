@@ -8,7 +8,7 @@ import gevent
 from common.errors import InvalidRequest, NotFound, SheepError
 from sheep.admin import routes_recovery, routes_volumes, ui
 from sheep.admin.app import Request, Response, Router, volume_range_response
-from sheep.admin.metrics import render_metrics
+from sheep.admin.metrics import METRICS_CONTENT_TYPE, render_metrics
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class _Api:
         return {"broken": broken, "name": entry["name"]}
 
     def metrics(self, req: Request):
-        return Response(render_metrics(self.sheep), content_type="text/plain; version=0.0.4")
+        return Response(render_metrics(self.sheep), content_type=METRICS_CONTENT_TYPE)
 
 
 def _read_exact(stream, n: int) -> bytearray:

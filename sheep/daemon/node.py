@@ -67,7 +67,7 @@ class Sheep:
         self.node_id = self.storedir.node_id if self.storedir else config.default_node_id
         self.stopped = Event()
         self.epochs = EpochState()
-        self.stage_metrics = StageMetrics()
+        self.stage_metrics = StageMetrics(self.node_id)
         self.secret = _load_secret(config.secret_path)
         self.peers = PeerPool(timing=self.stage_metrics.peer, key=self.secret.peer_key)
         self.exit_code = 0
@@ -108,6 +108,7 @@ class Sheep:
         self.snapshots: SnapshotService | None = None
         self.nbd = None
         self._session_seen: int | None = None
+        self.stage_metrics.watch(self)
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -146,6 +147,7 @@ class Sheep:
         os_lock = monkey.get_original("threading", "Lock")  # for the store's OS threads
         self.store = ObjectStore(self.config.dir, max_bytes, self.config.reserve_bytes,
                                  lock_factory=os_lock)
+        self.store.fsync_timing = self.stage_metrics.fsync.labels()
         coord = self.coordinator
         self.replica = Replica(self.store, self.epochs, is_fenced=lambda: coord.fenced,
                                wait_unfenced=coord.wait_unfenced,
@@ -197,6 +199,7 @@ class Sheep:
         cfg = self.config
         self.nbd = NbdServer(self.exports, cfg.nbd_bind_addr, cfg.nbd_port,
                              timing=self.stage_metrics.nbd, tls_dir=cfg.nbd_tls_dir,
+                             export_timing=self.stage_metrics.vdi,
                              max_connections=cfg.nbd_max_connections,
                              queue_bytes=cfg.nbd_queue_bytes,
                              handshake_timeout_s=cfg.nbd_handshake_timeout_s,

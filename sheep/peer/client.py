@@ -27,7 +27,7 @@ from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from common.errors import SheepError, Unavailable
+from common.errors import NoObject, SheepError, Unavailable
 from common.stages import NULL
 from sheep.peer import handshake, wire
 from sheep.peer.auth import AuthError
@@ -102,6 +102,7 @@ class PeerConnection:
             self._connected().send({**header, "id": rid}, payload)
         except OSError as exc:
             self._pending.pop(rid, None)
+            timer.unanswered()
             self._broken(exc)
             raise Unavailable(f"peer {self.addr}:{self.port}: {exc}") from None
         return call
@@ -177,12 +178,17 @@ class PendingCall:
         """What `get` returns or raises, without waiting (after `gather`)."""
         if not self.done:
             self.conn._pending.pop(self.rid, None)
+            self.timer.unanswered()
             raise Unavailable(f"peer {self.conn.addr}:{self.conn.port}: no reply in "
                               f"{timeout_s}s")
         if self.error is not None:
+            self.timer.unanswered()
             raise self.error
         self.timer.observe(self.arrived - self.sent)
-        if self.frame.header.get("code", 0):
+        code = self.frame.header.get("code", 0)
+        if code:
+            if code != NoObject.code:       # "no copy here" is an answer, not a failure
+                self.timer.error()
             raise SheepError.from_wire(self.frame.header)
         return self.frame
 

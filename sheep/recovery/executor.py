@@ -103,6 +103,8 @@ class Recovery:
         self._wakeup = Event()
         self._pacing = Event()            # set when a throttle wait must look again
         self._worker: gevent.Greenlet | None = None
+        # over every pass, never reset (the Prometheus counters)
+        self.objects_done = self.pulled_objects = self.pulled_bytes = 0
         self.progress = {"epoch": 0, "state": "idle", "total": 0, "done": 0, "checked": 0,
                          "pulled": 0, "bytes": 0, "unreferenced": 0, "started": 0.0,
                          "finished": 0.0, "error": None, "enabled": True}
@@ -243,10 +245,13 @@ class Recovery:
             failures.append(exc)
         finally:
             self.progress["done"] += 1
+            self.objects_done += 1
 
     def _pulled(self, nbytes: int) -> None:
         self.progress["pulled"] += 1
         self.progress["bytes"] += nbytes
+        self.pulled_objects += 1
+        self.pulled_bytes += nbytes
         self.meter.record(nbytes)
 
     # -- what a replica calls before serving an object ---------------------------------

@@ -49,6 +49,7 @@ import time
 from typing import Callable
 
 from common.errors import InvalidRequest, NoObject, NoSpace, Unavailable
+from common.stages import NULL
 from sheep.store import objfile
 from sheep.store.fdcache import FdCache
 from sheep.store.objfile import BLOCK, ZERO, Version
@@ -105,6 +106,7 @@ class ObjectStore(ReadMixin, VerifyMixin):
         self._stale_dirty: set[str] = set()    # stale dirs whose entries changed since flush
         self._tombstones: dict[int, Version] = {}
         self.corrupt_reads = 0                 # reads that found a block failing its sum
+        self.fsync_timing = NULL               # .observe(s) per fsync (the daemon's histogram)
         self._failed: str | None = None
         self._flush_lock = lock_factory()      # one flush at a time (see flush)
         self._clean_tmp()
@@ -434,10 +436,12 @@ class ObjectStore(ReadMixin, VerifyMixin):
         return synced
 
     def _fsync(self, fd: int, what: str) -> None:
+        started = time.monotonic()
         try:
             os.fsync(fd)
         except OSError as exc:
             self._fail(f"fsync of {what} failed: {exc.strerror or exc}")
+        self.fsync_timing.observe(time.monotonic() - started)   # under the flush lock
 
     def _fail(self, why: str):
         """The disk lost or refused what it was given (a failed fsync, EIO, a filesystem

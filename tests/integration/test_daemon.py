@@ -18,7 +18,7 @@ def test_sigterm_stops_cleanly_and_the_node_keeps_its_identity(cluster_factory):
     # Prometheus metrics name the node and its epoch
     metrics = api(n1, "/metrics").text
     assert f'sheep_epoch{{node="{node_id}"}} 1' in metrics
-    assert "# TYPE sheep_objects gauge" in metrics
+    assert "# TYPE sheep_store_objects gauge" in metrics
 
     # SIGTERM: exit code 0, the member leaves at once, the log says so
     rc = n1.stop()

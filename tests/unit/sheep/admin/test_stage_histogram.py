@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sheep.admin.metrics import BUCKETS, StageMetrics
+from sheep.admin.metrics import StageMetrics
+from sheep.admin.metrics_hist import BUCKETS
 
 
 def samples(metrics: StageMetrics, name: str) -> dict:
