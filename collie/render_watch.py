@@ -90,6 +90,10 @@ class Estimate:
         return asdict(self)
 
 
+def _went_back(samples, done: int, nbytes: int) -> bool:
+    return bool(samples) and (done < samples[-1][1] or nbytes < samples[-1][2])
+
+
 class RateTracker:
     """Samples ``(t, done objects, bytes)`` per node and pass, for the last ``window_s`` seconds.
 
@@ -106,11 +110,10 @@ class RateTracker:
             key = str(n.get("node_id", ""))
             run = (n.get("epoch"), n.get("started"))
             done, nbytes = _int(n.get("done")), _int(n.get("bytes"))
-            old = self._samples.get(key)
-            if old is None or old[0] != run or (old[1] and (done < old[1][-1][1] or nbytes < old[1][-1][2])):
-                old = (run, deque())
-                self._samples[key] = old
-            samples = old[1]
+            known = self._samples.get(key)
+            if known is None or known[0] != run or _went_back(known[1], done, nbytes):
+                known = self._samples[key] = (run, deque())
+            samples = known[1]
             samples.append((t, done, nbytes))
             while len(samples) > 2 and t - samples[1][0] >= self.window_s:
                 samples.popleft()
@@ -133,7 +136,10 @@ class RateTracker:
                 bytes_left = remaining * bytes_done // pulled if pulled else None
             samples = self._samples.get(key, (None, ()))[1]
             obj_rate, byte_rate = observed_rate(list(samples))
-            eta = 0.0 if complete else eta_seconds(remaining, obj_rate) if total else None
+            if complete:
+                eta = 0.0
+            else:       # no total yet (listing): no ETA, even with nothing "remaining"
+                eta = eta_seconds(remaining, obj_rate) if total else None
             out.append(Estimate(key, str(n.get("state") or "-"), done, total, remaining, bytes_done,
                                 bytes_left, obj_rate, byte_rate, eta, complete))
         return out
