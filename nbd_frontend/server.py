@@ -210,6 +210,8 @@ class NbdServer:
 _COMMAND_NAMES = {p.CMD_READ: "read", p.CMD_WRITE: "write", p.CMD_FLUSH: "flush",
                   p.CMD_TRIM: "trim", p.CMD_WRITE_ZEROES: "write_zeroes",
                   p.CMD_BLOCK_STATUS: "block_status"}
+# the commands counted per export (block status moves no data: only the server-wide histogram)
+_EXPORT_IO = (p.CMD_READ, p.CMD_WRITE, p.CMD_FLUSH, p.CMD_TRIM, p.CMD_WRITE_ZEROES)
 
 
 class _Connection:
@@ -422,7 +424,7 @@ class _Connection:
     def _export_timers(self, name: str) -> None:
         timing = self.server.export_timing
         if timing is not None:
-            self._io = {t: timing.labels(name, op) for t, op in _COMMAND_NAMES.items()}
+            self._io = {t: timing.labels(name, _COMMAND_NAMES[t]) for t in _EXPORT_IO}
 
     # -- transmission -----------------------------------------------------------------
     def _transmission(self, ready: Ready, leftover: bytes) -> None:

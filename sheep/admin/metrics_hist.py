@@ -145,7 +145,7 @@ class _CountedHistogram(StageHistogram):
 
 class IoHistogram(_CountedHistogram):
     """The latency histogram plus ``<prefix>_requests_total`` and ``<prefix>_bytes_total``
-    counters of the same children (`IoCounts`)."""
+    counters of the same children (`IoCounts`); a label set appears once observed."""
 
     child = IoCounts
 
@@ -166,6 +166,12 @@ class IoHistogram(_CountedHistogram):
     @staticmethod
     def _values(child: IoCounts) -> tuple:
         return sum(child.counts), child.bytes
+
+    def _items(self):
+        """Only the commands used so far: a scrape costs ~0.2 ms per label set, and most
+        VDIs never see a trim or a write_zeroes."""
+        return ((labels, child) for labels, child in super()._items() if child.sum or
+                any(child.counts))
 
 
 class PeerHistogram(_CountedHistogram):
