@@ -117,8 +117,8 @@ def test_a_corrupt_copy_is_read_elsewhere_repaired_and_counted(cluster_factory):
     assert collie(n0, "vdi", "read", "vol", "0", str(MiB)).stdout == data
     poll(lambda: file_bytes(n0, oid)[DATA_OFFSET:] == data, 10, "the corrupt copy repaired")
     metrics = api(n0, "/metrics").text
-    assert re.search(r"^sheep_store_checksum_errors_total\{[^}]*\} 1$", metrics, re.M), metrics
-    assert re.search(r"^sheep_repaired_blocks_total\{[^}]*\} 1$", metrics, re.M), metrics
+    assert re.search(r"^sheep_store_checksum_errors_total\{[^}]*\} 1\.0$", metrics, re.M), metrics
+    assert re.search(r"^sheep_repaired_blocks_total\{[^}]*\} 1\.0$", metrics, re.M), metrics
 
 
 def test_the_scrub_finds_and_repairs_corruption_nobody_reads(cluster_factory):
