@@ -3,6 +3,9 @@
 `SocketReader` reads as much as the socket has into one buffer and hands out
 pieces of it, so a burst of small messages costs one ``recv_into`` rather than
 several per message; a large payload is received straight into its own buffer.
+The buffer starts small (a hundred idle peer connections must not hold 256 KiB
+each) and grows, up to its limit, when a piece needs more or a ``recv_into``
+fills it: a busy connection soon reads in large gulps.
 
 `BufferWriter` queues whole messages (lists of buffers, never copied or
 concatenated) and writes everything queued during one turn of the event loop
@@ -16,29 +19,47 @@ import time
 
 import gevent
 
-READ_BUFFER_BYTES = 256 << 10
+READ_BUFFER_BYTES = 256 << 10      # the most one reader's buffer grows to
+INITIAL_READ_BUFFER_BYTES = 16 << 10
 MAX_IOV = 512
 
 
 class SocketReader:
-    def __init__(self, sock: socket.socket, buffer_bytes: int = READ_BUFFER_BYTES) -> None:
+    def __init__(self, sock: socket.socket, buffer_bytes: int = READ_BUFFER_BYTES,
+                 initial_bytes: int = INITIAL_READ_BUFFER_BYTES) -> None:
         self._sock = sock
-        self._buf = bytearray(buffer_bytes)
+        self._limit = buffer_bytes
+        self._buf = bytearray(min(initial_bytes, buffer_bytes))
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
 
     def _fill(self, need: int) -> None:
-        """Until at least ``need`` bytes are buffered (need <= buffer size)."""
-        if self._start + need > len(self._buf):   # compact: move the tail to the front
+        """Until at least ``need`` bytes are buffered (need <= ``buffer_bytes``)."""
+        if need > len(self._buf):
+            self._resize(need)
+        elif self._start + need > len(self._buf):   # compact: move the tail to the front
             n = self._end - self._start
             self._buf[:n] = self._buf[self._start:self._end]
             self._start, self._end = 0, n
         while self._end - self._start < need:
+            room = len(self._buf) - self._end
             r = self._sock.recv_into(self._view[self._end:])
             if r == 0:
                 raise ConnectionError("connection closed by peer")
             self._end += r
+            if r == room and len(self._buf) < self._limit:   # busy: read more at a time
+                self._resize(len(self._buf) * 2)
+
+    def _resize(self, at_least: int) -> None:
+        """A bigger buffer (at least ``at_least``, at most the limit), the buffered bytes
+        moved to its front."""
+        size = min(self._limit, max(at_least, 2 * len(self._buf)))
+        buf = bytearray(size)
+        n = self._end - self._start
+        buf[:n] = self._view[self._start:self._end]
+        self._buf, self._view = buf, memoryview(buf)
+        self._start, self._end = 0, n
 
     def take(self, n: int) -> memoryview:
         """The next ``n`` bytes (n <= the buffer size), a view valid until the next call."""
@@ -65,6 +86,11 @@ class SocketReader:
 
     @property
     def buffer_bytes(self) -> int:
+        """The most one piece may take (the buffer's limit)."""
+        return self._limit
+
+    @property
+    def allocated_bytes(self) -> int:
         return len(self._buf)
 
 

@@ -90,3 +90,27 @@ def test_after_cuts_sent_bytes_off_the_front():
     assert [bytes(v) for v in _after(views, 3)] == [b"defg", b"h"]
     assert [bytes(v) for v in _after(views, 5)] == [b"fg", b"h"]
     assert _after(views, 8) == []
+
+
+def test_the_buffer_starts_small_and_grows_to_its_limit_when_needed(pair):
+    a, b = pair
+    reader = SocketReader(b, buffer_bytes=4096, initial_bytes=256)
+    assert reader.allocated_bytes == 256
+    data = os.urandom(6000)
+    a.sendall(data)
+    assert bytes(reader.take(100)) == data[:100]
+    assert bytes(reader.take(1000)) == data[100:1100]     # more than the buffer: it grows
+    assert 1000 <= reader.allocated_bytes <= 4096
+    assert bytes(reader.take(4096)) == data[1100:5196]    # up to the limit, never past it
+    assert reader.allocated_bytes == 4096
+    assert bytes(reader.take_into_new(804)) == data[5196:]
+
+
+def test_a_busy_connection_reads_in_bigger_gulps(pair):
+    a, b = pair
+    reader = SocketReader(b, buffer_bytes=1 << 16, initial_bytes=512)
+    data = os.urandom(1 << 16)
+    a.sendall(data)
+    got = b"".join(bytes(reader.take(64)) for _ in range(len(data) // 64))
+    assert got == data
+    assert reader.allocated_bytes > 512       # full recvs doubled it
