@@ -175,3 +175,24 @@ class ClusterStateMixin:
                 if watch is not None:   # arm a watch on its creation instead
                     self.client.exists(path, watch=watch)
                 return set()
+
+    def epoch(self, n: int) -> dict | None:
+        """Epoch ``n``'s record (None when it does not exist)."""
+        with zk_unavailable("epoch"):
+            return self._read_epoch(n)
+
+    def complete_epoch(self, before: int) -> int | None:
+        """The newest epoch older than ``before`` that every one of its members finished
+        recovering (all their markers present), or None when no such epoch is known."""
+        with zk_unavailable("recovery markers"):
+            try:
+                children = self.client.get_children(self.layout.recovery)
+            except NoNodeError:
+                return None
+            for n in sorted((e for e in epoch_numbers(children) if e < before), reverse=True):
+                epoch = self._read_epoch(n)
+                if epoch is None:
+                    continue
+                if {m["node_id"] for m in epoch["members"]} <= self.recovered(n):
+                    return n
+        return None

@@ -177,6 +177,25 @@ class Liveness:
         entry = self.entries.get(objects.oid_vid(oid))
         return int(entry["copies"]) if entry is not None else self.default_copies
 
+    def max_copies(self) -> int:
+        """The most copies any VDI has (the default's for an empty catalog)."""
+        return max([self.default_copies, *(int(e["copies"]) for e in self.entries.values())])
+
+    def live_objects(self):
+        """Every live object as (oid, copies of its VDI): the inode of each catalog entry,
+        and each data object some live entry's map points at (once each)."""
+        seen: set[int] = set()
+        for vid, entry in self.entries.items():
+            yield objects.inode_oid(vid), int(entry["copies"])
+        if self._maps is None:
+            raise ValueError("Liveness built without maps cannot list data objects")
+        for live in self._live:
+            for idx, owner in self._maps[live].allocated_items():
+                oid = objects.data_oid(owner, idx)
+                if oid not in seen:
+                    seen.add(oid)
+                    yield oid, self.copies_of(oid)
+
     def is_live(self, oid: int) -> bool:
         vid = objects.oid_vid(oid)
         if objects.is_inode(oid):

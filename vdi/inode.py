@@ -119,6 +119,10 @@ class ObjectMap:
         """(offset inside the inode object, the 4 bytes to write there) for entry idx."""
         return entry_record(idx, self._entries[idx])
 
+    def allocated_items(self):
+        """(index, owner vid) of each non-hole entry, in index order."""
+        return ((idx, vid) for idx, vid in enumerate(self._entries) if vid)
+
     def allocated(self) -> int:
         """Number of non-hole entries."""
         return len(self._entries) - self._entries.count(0)

@@ -35,6 +35,7 @@ from sheep.peer.server import PeerServer
 from sheep.recovery.check import Checker
 from sheep.recovery.executor import Recovery
 from sheep.recovery.scrub import Scrubber
+from sheep.recovery.history import HistoryLoader
 from sheep.recovery.stale import StaleJanitor
 from sheep.replication.epoch import EpochState, EpochView
 from sheep.replication.gateway import Gateway
@@ -161,7 +162,9 @@ class Sheep:
         janitor = StaleJanitor(self.store, self.coordinator, self.replica._io)
         self.recovery = Recovery(self.node_id, self.replica, self.gateway.call_member,
                                  self.epochs, self.vdis.liveness, janitor=janitor,
-                                 state_store=self.storedir, io_timeout_s=self.config.io_timeout_s)
+                                 state_store=self.storedir,
+                                 history=HistoryLoader(self.node_id, self.coordinator),
+                                 io_timeout_s=self.config.io_timeout_s)
         self.replica.recovery = self.recovery
         self.lifecycle.recovery = self.recovery
         self.lifecycle.apply_recovery()

@@ -6,16 +6,21 @@ Every copy carries a `Version` (epoch, lock generation, seq): a write that misse
 replica is resent in a later epoch, so among the copies of an object the highest
 version has seen the latest write.  On each new epoch a pass (`run_once`):
 
-1. lists the objects of every member, live and stale copies (`sheep.recovery.stale`).  Each
-   member answers only once it is at this epoch and every mutation it admitted at an
-   older one has finished (the barrier, `Replica.recovery_barrier`), so the lists
-   hold every write acknowledged before the epoch, and no older-epoch write can
-   start anywhere afterwards.  Without every member's list no pass finishes: a
-   missing member's copy could be the only newest one;
-2. picks the objects that the new ring places here and that some member holds in a
-   newer version than this node;
-3. keeps only the *live* ones: the catalog and the inode maps (read after the
-   barrier) are the authority (`vdi.family.Liveness`).  A copy that no live VDI
+1. waits for every member to be at this epoch with every mutation it admitted at an
+   older one finished (the barrier, `Replica.recovery_barrier`): afterwards no
+   older-epoch write can start anywhere, and every acknowledged one is in place.
+   Without every member's answer no pass finishes: a missing member's copy could be
+   the only newest one;
+2. reads the live objects from the catalog and the inode maps (after the barrier: they
+   are the authority, `vdi.family.Liveness`) and, from the rings since the last epoch
+   complete everywhere (`sheep.recovery.history`), which of those the new ring places
+   here that this node may lack, and which members can hold them; it asks those
+   members only, and only about those objects (``versions_any``: their live or stale
+   copies, `sheep.recovery.stale`).  When that history is unknown it lists every
+   member's objects instead (``list_all``, filtered by the member to what the new ring
+   places here), after their barrier;
+3. picks those that some member holds in a newer version than this node and keeps
+   only the *live* ones.  A copy that no live VDI
    references (trimmed, or its VDI deleted, while its node was away) is never
    pulled or re-replicated, whatever its version.  An object that becomes
    referenced later was written at the newer epoch by its allocation, straight to
@@ -66,12 +71,14 @@ from gevent.pool import Pool
 
 from common.errors import Corrupt, NoSpace, SheepError, Unavailable
 from coordinator.ring import Member
+from sheep.recovery.history import placed_on
 from sheep.recovery.puller import NONE, ObjectPuller
-from sheep.recovery.stale import StaleJanitor, fetch_any, list_all, version_any
+from sheep.recovery.stale import StaleJanitor, fetch_any, list_all, version_any, versions_any
 from sheep.recovery.throttle import Limits, RateMeter, Throttle
 from sheep.replication.epoch import EpochState, EpochView
 from sheep.replication.replica import Replica, pack_object_list, unpack_object_list
 from sheep.store.objfile import Version
+from vdi import objects
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +88,7 @@ PARALLEL_PULLS = 4
 class Recovery:
     def __init__(self, node_id: str, replica: Replica, call_member: Callable, epochs: EpochState,
                  catalog: Callable[[bool], object], *, janitor: StaleJanitor | None = None,
-                 state_store=None, parallel: int = PARALLEL_PULLS,
+                 state_store=None, parallel: int = PARALLEL_PULLS, history=None,
                  clock: Callable[[], float] = time.monotonic, io_timeout_s: float = 60.0) -> None:
         self.node_id = node_id
         self.replica = replica
@@ -92,6 +99,8 @@ class Recovery:
         self.janitor = janitor
         self._state_store = state_store   # StoreDir-like get/set, keeps done_epoch
         self._parallel = parallel
+        self._history = history           # (EpochView) -> History | None (sheep.recovery.history)
+        self._copies: tuple[int, object] | None = None   # (epoch, Liveness without maps)
         self._io_timeout_s = io_timeout_s
         self.throttle = Throttle(clock=clock)
         self.meter = RateMeter(clock=clock)
@@ -99,6 +108,7 @@ class Recovery:
         self.done_epoch = int(state_store.get("recovered_epoch", 0) or 0) if state_store else 0
         self.puller = ObjectPuller(node_id, replica, call_member, epochs,
                                    lambda: self.done_epoch, self._pulled,
+                                   holders=self._holders if history else None,
                                    io_timeout_s=io_timeout_s)
         self._wakeup = Event()
         self._pacing = Event()            # set when a throttle wait must look again
@@ -107,9 +117,10 @@ class Recovery:
         self.objects_done = self.pulled_objects = self.pulled_bytes = 0
         self.progress = {"epoch": 0, "state": "idle", "total": 0, "done": 0, "checked": 0,
                          "pulled": 0, "bytes": 0, "unreferenced": 0, "started": 0.0,
-                         "finished": 0.0, "error": None, "enabled": True}
+                         "finished": 0.0, "error": None, "enabled": True, **_NO_ASKING}
         replica.extra_ops.update({"list_all": _op_list_all, "fetch_any": _op_fetch_any,
-                                  "version_any": _op_version_any,
+                                  "version_any": _op_version_any, "barrier": _op_barrier,
+                                  "versions_any": _op_versions_any,
                                   "recovery": lambda r, h, p: ({"progress": self.report()}, b"")})
 
     # -- lifecycle -----------------------------------------------------------------
@@ -186,13 +197,27 @@ class Recovery:
         """One whole pass for ``view``; returns the progress record."""
         p = self.progress
         p.update(epoch=view.epoch, state="listing", total=0, done=0, checked=0, pulled=0,
-                 bytes=0, unreferenced=0, started=time.time(), finished=0.0, error=None)
+                 bytes=0, unreferenced=0, started=time.time(), finished=0.0, error=None,
+                 **_NO_ASKING)
         self.meter.reset()
         self.throttle.reset()
-        lists = self._collect_lists(view)          # after every member's barrier
-        catalog = self._catalog(False)
-        candidates = self._wanted(view, lists, catalog)
-        live = self._catalog(True) if candidates else catalog
+        history = self._history(view) if self._history is not None else None
+        if history is None:
+            p["sources"] = "all"
+            copies = self._catalog(False).max_copies()
+            lists = self._collect_lists(view, copies)   # after every member's barrier
+            catalog = self._catalog(False)
+            if catalog.max_copies() > copies:           # a VDI with more copies meanwhile
+                lists = self._collect_lists(view, catalog.max_copies())
+            candidates = self._wanted(view, lists, catalog)
+            live = self._catalog(True) if candidates else catalog
+        else:
+            p["sources"] = f"rings since epoch {history.complete}"
+            self._barrier(view)
+            live = self._catalog(True)
+            needed = history.needed(live.live_objects())
+            lists = self._collect_versions(view, needed)
+            candidates = self._wanted(view, lists, live, among=needed)
         wanted = {}
         for oid, item in candidates.items():
             if live.is_live(oid):
@@ -303,21 +328,55 @@ class Recovery:
         return any(m.node_id == self.node_id
                    for m in view.ring.replicas(oid, catalog.copies_of(oid)))
 
-    def _collect_lists(self, view: EpochView) -> dict[Member, dict[int, Version]]:
-        jobs = {m: gevent.spawn(self._call, m, {"op": "list_all", "epoch": view.epoch})
-                for m in view.members}
+    def _ask(self, view: EpochView, requests: dict[Member, dict], what: str) -> dict:
+        """Send each member its request at once; member -> (header, payload), Unavailable
+        unless every one answered (counted in the progress record)."""
+        jobs = {m: gevent.spawn(self._call, m, {**h, "epoch": view.epoch})
+                for m, h in requests.items()}
         gevent.joinall(list(jobs.values()))
         missing = [f"{m.node_id} ({job.exception})" for m, job in jobs.items()
                    if job.exception is not None]
         if missing:
             # A member's copies could be the only newest ones: no pass may finish without
             # them.  The loop retries; until then `ensure` keeps serving requests safely.
-            raise Unavailable(f"no object list from {', '.join(missing)} at epoch {view.epoch}")
-        return {m: unpack_object_list(job.value[1]) for m, job in jobs.items()}
+            raise Unavailable(f"no {what} from {', '.join(missing)} at epoch {view.epoch}")
+        return {m: job.value for m, job in jobs.items()}
 
-    def _wanted(self, view: EpochView, lists: dict[Member, dict[int, Version]], catalog):
+    def _barrier(self, view: EpochView) -> None:
+        self._ask(view, {m: {"op": "barrier"} for m in view.members}, "barrier")
+        self.progress["barriers"] = len(view.members)
+
+    def _collect_lists(self, view: EpochView, copies: int) -> dict[Member, dict[int, Version]]:
+        """Every member's objects that the ring places here with ``copies`` (the most any
+        VDI has: a superset of what it places here with fewer), after its barrier."""
+        header = {"op": "list_all", "for": self.node_id, "copies": copies}
+        replies = self._ask(view, {m: header for m in view.members}, "object list")
+        return self._lists(replies)
+
+    def _collect_versions(self, view: EpochView, needed: dict[int, list[Member]]):
+        """member -> {oid: version} of the copies it has of the objects asked about."""
+        asked: dict[Member, list[int]] = {}
+        for oid, holders in needed.items():
+            for m in holders:
+                asked.setdefault(m, []).append(oid)
+        replies = self._ask(view, {m: {"op": "versions_any", "oids": oids}
+                                   for m, oids in asked.items()}, "object versions")
+        return self._lists(replies)
+
+    def _lists(self, replies: dict) -> dict[Member, dict[int, Version]]:
+        p = self.progress
+        p["asked"] = len(replies)
+        lists = {}
+        for m, (_h, payload) in replies.items():
+            lists[m] = unpack_object_list(payload)
+            p["listed"] += len(lists[m])
+            p["listed_bytes"] += memoryview(payload).nbytes
+        return lists
+
+    def _wanted(self, view: EpochView, lists: dict[Member, dict[int, Version]], catalog,
+                among=None):
         """oid -> (newest version, members holding it) for objects placed here that some
-        member holds newer than this node does."""
+        member holds newer than this node does (only those in ``among``, when given)."""
         out: dict[int, tuple[Version, list[Member]]] = {}
         newest: dict[int, Version] = {}
         for objs in lists.values():
@@ -325,6 +384,8 @@ class Recovery:
                 if version > newest.get(oid, NONE):
                     newest[oid] = version
         for oid, version in newest.items():
+            if among is not None and oid not in among:
+                continue
             if not self._placed_here(view, oid, catalog) or \
                     self.puller.local_version(oid) >= version:
                 continue
@@ -332,11 +393,51 @@ class Recovery:
             out[oid] = (version, sources)
         return out
 
+    # -- who to ask about one object (ObjectPuller.ensure) ------------------------------
+    def _holders(self, oid: int, view: EpochView) -> list[Member] | None:
+        """The members that can hold the newest copy of ``oid`` ([] when this node's copy
+        is current by continuity), or None when only asking everyone can tell."""
+        history = self._history(view)
+        if history is None:
+            return None
+        if self._copies is None or self._copies[0] != view.epoch:
+            self._copies = (view.epoch, self._catalog(False))
+        catalog = self._copies[1]
+        if objects.oid_vid(oid) not in catalog.entries:
+            return None                 # a VDI newer than the cached catalog
+        copies = catalog.copies_of(oid)
+        if history.continuous(oid, copies):
+            return []
+        return history.holders(oid, copies)
+
 # -- peer ops this module adds (Replica.extra_ops); each waits for the barrier ---------
 
-def _op_list_all(r: Replica, h: dict, _payload):
+_NO_ASKING = {"sources": None, "barriers": 0, "asked": 0, "listed": 0, "listed_bytes": 0}
+
+
+def _op_barrier(r: Replica, h: dict, _payload):
+    """Answers once this member is at the epoch with every older-epoch mutation finished."""
     r.recovery_barrier(int(h["epoch"]))
+    return {}, b""
+
+
+def _op_list_all(r: Replica, h: dict, _payload):
+    """Live and stale copies here; with ``for`` and ``copies``, only those the ring of
+    this epoch places on that node (the whole list when this member is past the epoch)."""
+    epoch = int(h["epoch"])
+    r.recovery_barrier(epoch)
     objs = r._io(list_all, r.store)
+    view = r.epochs.view
+    if h.get("for") and view is not None and view.epoch == epoch:
+        objs = {oid: v for oid, v in objs.items()
+                if placed_on(view, h["for"], oid, int(h["copies"]))}
+    return {"count": len(objs)}, pack_object_list(objs)
+
+
+def _op_versions_any(r: Replica, h: dict, _payload):
+    """The newest version here, live or stale, of each of ``oids`` that has a copy."""
+    r.recovery_barrier(int(h["epoch"]))
+    objs = r._io(versions_any, r.store, [int(o) for o in h["oids"]])
     return {"count": len(objs)}, pack_object_list(objs)
 
 

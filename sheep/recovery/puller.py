@@ -35,7 +35,7 @@ NONE = Version(-1)          # "no copy": older than any version
 class ObjectPuller:
     def __init__(self, node_id: str, replica: Replica, call_member: Callable, epochs: EpochState,
                  done_epoch: Callable[[], int], on_pulled: Callable[[int], None], *,
-                 io_timeout_s: float = 60.0) -> None:
+                 holders: Callable | None = None, io_timeout_s: float = 60.0) -> None:
         self.node_id = node_id
         self.replica = replica
         self.store = replica.store
@@ -43,6 +43,7 @@ class ObjectPuller:
         self.epochs = epochs
         self._done_epoch = done_epoch     # the last epoch whose pass completed here
         self._on_pulled = on_pulled       # (bytes) after every installed copy
+        self._holders = holders           # (oid, view) -> members to ask, [] none, None all
         self._io_timeout_s = io_timeout_s
         self._verified: dict[int, int] = {}   # oid -> epoch it was known current for
         self._inflight: dict[int, Event] = {}
@@ -158,9 +159,13 @@ class ObjectPuller:
             self.epochs.wait_newer(epoch, min(ENSURE_RETRY_S, remaining))
 
     def _probe(self, oid: int, view: EpochView) -> tuple[Version, list[Member]]:
-        """(newest version, holders of it) among every member's live and stale copies (this
-        node's too); Unavailable unless every other member answered."""
-        others = [m for m in view.members if m.node_id != self.node_id]
+        """(newest version, holders of it) among the live and stale copies of every member
+        that can hold one (`sheep.recovery.history`; every member when that is unknown),
+        this node's too; Unavailable unless every one of them answered."""
+        asked = self._holders(oid, view) if self._holders is not None else None
+        if asked is None:
+            asked = view.members
+        others = [m for m in asked if m.node_id != self.node_id]
         jobs = {m: gevent.spawn(self._call, m, {"op": "version_any", "oid": oid,
                                                 "epoch": view.epoch}) for m in others}
         gevent.joinall(list(jobs.values()))

@@ -64,6 +64,22 @@ def version_any(store: ObjectStore, oid: int) -> Version:
     return best
 
 
+def versions_any(store: ObjectStore, oids) -> dict[int, Version]:
+    """The newest version here, live or stale, of each of ``oids`` that has a copy (one
+    listing of the stale area, however many oids)."""
+    out = {}
+    for oid in oids:                    # live first, for the same reason as `list_all`
+        try:
+            out[oid] = store.version_of(oid)
+        except NoObject:
+            pass
+    wanted = set(oids)
+    for oid, version in store.stale.list().items():
+        if oid in wanted and (oid not in out or version > out[oid]):
+            out[oid] = version
+    return out
+
+
 def fetch_any(store: ObjectStore, oid: int) -> tuple[Version, bytes]:
     """(version, verified bytes) of the newest copy here, live or stale; NoObject when
     neither exists, Corrupt when the newest fails its checksums."""

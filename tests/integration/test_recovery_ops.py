@@ -144,14 +144,17 @@ def test_throttle_is_set_at_run_time(cluster_factory):
         e = node_entry(answer, new)
         return e["epoch"] == 2 and e["state"] == "recovering" and e["done"] >= 4 and (answer, e)
     answer, e = poll(crawling, 30, "4 objects recovered under the throttle")
-    assert e["total"] == 17 and e["done"] < e["total"]
+    # 17 objects; the pass reads the inode maps first, and reading the inode pulls it
+    # on demand, so the pass itself may count 16
+    total = e["total"]
+    assert total in (16, 17) and e["done"] < total
     assert time.time() - e["started"] >= 2.5, "4 objects at 1/s took less than 3 s"
     assert 0 < e["objects_per_s"] <= 2.5 and e["bytes_per_s"] > 0, e
     assert answer["throttle"]["objects_per_s"] == 1.0
     assert "Recovery throttle: 1 objects/s" in collie(n0, "node", "recovery").stdout.decode()
 
     # unlimited: the rest (>= 10 objects, >= 10 s at the old rate) finishes at once
-    remaining = 17 - progress(new)["done"]
+    remaining = total - progress(new)["done"]
     assert remaining >= 10
     raised = time.monotonic()
     out = collie(new, "node", "recovery", "set-throttle", "--objects", "0", "--bytes", "0")
@@ -212,12 +215,14 @@ def test_old_recovery_markers_are_deleted(cluster_factory):
     format_small(c, copies=2)
     write_vol(c.sheep[0], 4)
     live = list(c.sheep)
-    # three more epochs: two joins and a clean leave
-    for _ in range(2):
+    # three more epochs: two joins and a clean leave, one after the other (a burst of
+    # them would make one epoch)
+    for n in range(2):
         node = c.add_node()
         node.start()
         node.wait_ready()
         live.append(node)
+        wait_epoch(live, 2 + n)
     c.sheep[0].stop()
     live.remove(c.sheep[0])
     poll(lambda: set(api_json(live[0], "/cluster")["epochs"][-1]["members"])

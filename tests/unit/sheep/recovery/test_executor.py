@@ -11,6 +11,7 @@ from coordinator.cluster import same_members
 from coordinator.ring import Member, Ring
 from sheep.daemon.lifecycle import Lifecycle
 from sheep.recovery.executor import Recovery
+from sheep.recovery.history import History, placed_on
 from sheep.recovery.stale import StaleJanitor, list_all, version_any
 from sheep.recovery.throttle import Limits, Throttle
 from sheep.replication.epoch import EpochState, EpochView
@@ -77,9 +78,11 @@ def member(i: int) -> Member:
 class Catalog:
     """What the catalog and the maps say: every oid live unless listed as dead."""
 
-    def __init__(self, copies: int = 2, dead=()):
+    def __init__(self, copies: int = 2, dead=(), live=()):
         self.copies = copies
         self.dead = set(dead)
+        self.live = list(live)          # what live_objects lists (vid 0: the entry below)
+        self.entries = {0: {"vid": 0, "copies": copies}}
         self.reads = []
 
     def __call__(self, with_maps: bool):
@@ -88,6 +91,12 @@ class Catalog:
 
     def copies_of(self, oid):
         return self.copies
+
+    def max_copies(self):
+        return self.copies
+
+    def live_objects(self):
+        return [(oid, self.copies) for oid in self.live if oid not in self.dead]
 
     def is_live(self, oid):
         return oid not in self.dead
@@ -100,8 +109,8 @@ class FakeCluster:
     """Every member is a real Replica over its own store (and a Recovery registering its
     peer ops); requests are dispatched to `Replica.handle` like the peer server does."""
 
-    def __init__(self, tmp_path, n: int, epoch: int, catalog=None):
-        self.members = [member(i) for i in range(n)]
+    def __init__(self, tmp_path, n: int, epoch: int, catalog=None, members=None, history=None):
+        self.members = members or [member(i) for i in range(n)]
         self.epochs = EpochState()
         self.epochs.update(EpochView(epoch, tuple(self.members), Ring(self.members)))
         self.catalog = catalog or Catalog()
@@ -110,15 +119,18 @@ class FakeCluster:
         self.replicas = {m.node_id: Replica(self.stores[m.node_id], self.epochs,
                                             is_fenced=lambda: False)
                          for m in self.members}
-        self.recoveries = {m.node_id: Recovery(m.node_id, self.replicas[m.node_id], self.call,
-                                               self.epochs, self.catalog, parallel=1,
-                                               io_timeout_s=0.5)
-                           for m in self.members}
+        self.recoveries = {m.node_id: Recovery(
+            m.node_id, self.replicas[m.node_id], self.call, self.epochs, self.catalog,
+            parallel=1, io_timeout_s=0.5,
+            history=history and (lambda view, me=m.node_id: history(me, view)))
+            for m in self.members}
+        self.calls: list[tuple[str, str]] = []    # (node, op) of every request
         self.fetches = 0
         self.on_fetch = None
         self.refuse: dict[tuple[str, str], Exception] = {}   # (node, op) -> raised
 
     def call(self, m: Member, header: dict):
+        self.calls.append((m.node_id, header["op"]))
         refused = self.refuse.get((m.node_id, header["op"]))
         if refused is not None:
             raise refused
@@ -328,3 +340,75 @@ def test_an_object_corrupt_on_every_holder_does_not_stop_the_others(tmp_path):
     assert p["state"] == "stopped" and "RECOVERY INCOMPLETE" in p["error"]
     assert "0000000000000002" in p["error"] and rec.done_epoch == 0   # no marker
     assert [o for o in range(1, 9) if c.stores["n0"].exists(o)] == [1, 3, 4, 5, 6, 7, 8]
+
+
+# -- passes that ask only the members that can hold what they need (sheep.recovery.history)
+
+def test_after_a_loss_a_pass_asks_only_the_holders_of_what_moved_here(tmp_path):
+    everyone = [member(i) for i in range(8)]
+    survivors = everyone[:7]                         # n7 died after epoch 4
+    before = EpochView(4, tuple(everyone), Ring(everyone))
+    oids = list(range(1, 200))
+    catalog = Catalog(copies=2, live=oids)
+    c = FakeCluster(tmp_path, 0, epoch=5, catalog=catalog, members=survivors,
+                    history=lambda me, view: History(me, 4, (before,), view))
+    for oid in oids:                                 # epoch 4 was complete everywhere
+        for m in before.ring.replicas(oid, 2):
+            if m.node_id in c.stores:
+                c.stores[m.node_id].write(oid, 0, oid.to_bytes(2, "little"), V[3], create=True)
+    for m in survivors:
+        c.calls.clear()
+        p = c.recoveries[m.node_id].run_once(c.epochs.view)
+        assert p["state"] == "complete" and p["barriers"] == 7
+        moved_here = [o for o in oids if placed_on(c.epochs.view, m.node_id, o, 2)
+                      and not placed_on(before, m.node_id, o, 2)]
+        assert p["total"] == len(moved_here)
+        asked = {n for n, op in c.calls if op == "versions_any"}
+        holders = {h.node_id for o in moved_here for h in before.ring.replicas(o, 2)} & \
+            {s.node_id for s in survivors}
+        assert asked == holders and len(asked) < len(survivors)
+        assert not any(op == "list_all" for _n, op in c.calls)
+    for oid in oids:                                 # every placed replica has it now
+        for m in c.epochs.view.ring.replicas(oid, 2):
+            assert c.stores[m.node_id].read(oid, 0, 2) == oid.to_bytes(2, "little")
+
+
+def test_a_restarted_node_asks_about_everything_placed_on_it(tmp_path):
+    everyone = [member(i) for i in range(4)]
+    again = [everyone[0].__class__(**{**everyone[0].to_dict(), "started": 99.0}),
+             *everyone[1:]]
+    before = EpochView(4, tuple(everyone), Ring(everyone))
+    oids = list(range(1, 50))
+    c = FakeCluster(tmp_path, 0, epoch=5, catalog=Catalog(copies=2, live=oids), members=again,
+                    history=lambda me, view: History(me, 4, (before,), view))
+    mine = [o for o in oids if placed_on(c.epochs.view, "n0", o, 2)]
+    for oid in mine:                 # n0 lost a write while it was down; its peer has it
+        peer = next(m for m in c.epochs.view.ring.replicas(oid, 2) if m.node_id != "n0")
+        c.stores["n0"].write(oid, 0, b"old", V[2], create=True)
+        c.stores[peer.node_id].write(oid, 0, b"new", V[3], create=True)
+    p = c.recoveries["n0"].run_once(c.epochs.view)
+    assert p["state"] == "complete" and p["total"] == len(mine) == p["pulled"]
+    assert all(c.stores["n0"].read(o, 0, 3) == b"new" for o in mine)
+
+
+def test_ensure_asks_only_holders_and_trusts_a_continuous_copy(tmp_path):
+    everyone = [member(i) for i in range(6)]
+    before = EpochView(4, tuple(everyone), Ring(everyone))
+    survivors = everyone[:5]
+    c = FakeCluster(tmp_path, 0, epoch=5, catalog=Catalog(copies=2), members=survivors,
+                    history=lambda me, view: History(me, 4, (before,), view))
+    now = c.epochs.view
+    kept = next(o for o in range(1, 500) if placed_on(now, "n0", o, 2)
+                and placed_on(before, "n0", o, 2))
+    moved = next(o for o in range(1, 500) if placed_on(now, "n0", o, 2)
+                 and not placed_on(before, "n0", o, 2))
+    c.stores["n0"].write(kept, 0, b"mine", V[3], create=True)
+    holder = next(m for m in before.ring.replicas(moved, 2) if m.node_id in c.stores)
+    c.stores[holder.node_id].write(moved, 0, b"theirs", V[3], create=True)
+    rec = c.recoveries["n0"]
+    rec.ensure(kept, 5)                              # continuous: nobody is asked
+    assert not [call for call in c.calls if call[1] == "version_any"]
+    rec.ensure(moved, 5)
+    asked = {n for n, op in c.calls if op == "version_any"}
+    assert asked == {m.node_id for m in before.ring.replicas(moved, 2)} & set(c.stores) - {"n0"}
+    assert c.stores["n0"].read(moved, 0, 6) == b"theirs"
