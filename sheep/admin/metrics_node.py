@@ -88,6 +88,11 @@ class NodeCollector:
                     rec.pulled_objects)
         out.counter("recovery_pulled_bytes", "bytes recovery copied from other members",
                     rec.pulled_bytes)
+        out.counter("recovery_list_requests", "object-list and object-version requests "
+                    "recovery sent to members (one per member asked), over every pass",
+                    rec.list_requests)
+        out.counter("recovery_list_bytes", "bytes of the object lists and versions members "
+                    "answered recovery with", rec.list_bytes)
         running = p["state"] in _RUNNING
         out.gauge("recovery_remaining_objects", "objects the current pass has still to handle "
                   "(0 when no pass runs)", max(0, p["total"] - p["done"]) if running else 0)

@@ -115,6 +115,7 @@ class Recovery:
         self._worker: gevent.Greenlet | None = None
         # over every pass, never reset (the Prometheus counters)
         self.objects_done = self.pulled_objects = self.pulled_bytes = 0
+        self.list_requests = self.list_bytes = 0
         self.progress = {"epoch": 0, "state": "idle", "total": 0, "done": 0, "checked": 0,
                          "pulled": 0, "bytes": 0, "unreferenced": 0, "started": 0.0,
                          "finished": 0.0, "error": None, "enabled": True, **_NO_ASKING}
@@ -365,12 +366,15 @@ class Recovery:
 
     def _lists(self, replies: dict) -> dict[Member, dict[int, Version]]:
         p = self.progress
-        p["asked"] = len(replies)
+        p["asked"] += len(replies)
+        self.list_requests += len(replies)
         lists = {}
         for m, (_h, payload) in replies.items():
             lists[m] = unpack_object_list(payload)
+            nbytes = memoryview(payload).nbytes
             p["listed"] += len(lists[m])
-            p["listed_bytes"] += memoryview(payload).nbytes
+            p["listed_bytes"] += nbytes
+            self.list_bytes += nbytes
         return lists
 
     def _wanted(self, view: EpochView, lists: dict[Member, dict[int, Version]], catalog,

@@ -20,6 +20,6 @@ def fake_sheep(**recovery) -> NS:
               gateway=NS(converger=NS(repaired_blocks=1, repaired_copies=0)),
               scrubber=NS(stats={"objects": 9, "corrupt_objects": 0}),
               recovery=NS(progress=progress, objects_done=14, pulled_objects=12,
-                          pulled_bytes=1 << 20),
+                          pulled_bytes=1 << 20, list_requests=4, list_bytes=720),
               exports=NS(catalog_cache=NS(entries=lambda: entries)),
               locks=NS(list=lambda: [{"vid": 1}]))
