@@ -5,8 +5,10 @@ of an object runs at a time (others wait for it); a copy a client made current (
 fresh first write, or `ensure`) is never overwritten by a pull of this epoch.
 
 `ensure(oid, epoch)` runs before a replica serves an object while this epoch's pass is
-not finished: the copy is known current only when every other member answered for it
-(live or stale copy, or none) and the newest copy was pulled; a silent member or a
+not finished: the copy is known current when this node is continuous for it
+(`sheep.recovery.history`), or when every member that can hold it (every member, when
+that is unknown) answered for it (live or stale copy, or none) and the newest copy was
+pulled; a silent member or a
 failed pull makes the request wait and try again, failing retryably (`Unavailable`) at
 the I/O timeout, and a request of an epoch that is over gets `OldEpoch`.
 """
