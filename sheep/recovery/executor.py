@@ -172,6 +172,10 @@ class Recovery:
                 if self.progress["state"] == "idle" or self.progress["epoch"] < view.epoch:
                     self.progress.update(epoch=view.epoch, state="complete")
                 continue
+            if view.member(self.node_id) is None:
+                # joined, not yet in an epoch: nothing is placed here, no pass to run
+                self.progress.update(epoch=view.epoch, state="idle")
+                continue
             if not self.enabled:
                 self.progress.update(epoch=view.epoch, state="disabled")
                 continue
