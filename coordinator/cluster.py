@@ -128,6 +128,7 @@ class Coordinator(LeaderMixin, ClusterStateMixin):
         self._delivered: int | None = None
         self._latest: dict | None = None
         self._is_leader = False
+        self._settled = False           # the leader waited for quiet: make the epoch now
         self._election = None
         self._greenlets: list[gevent.Greenlet] = []
         self._rejoiner: gevent.Greenlet | None = None

@@ -82,6 +82,7 @@ class LeaderMixin:
 
     def _evaluate(self) -> dict | None:
         """One leader pass: create the next epoch if the live members differ from the newest."""
+        settled, self._settled = self._settled, False
         try:
             data, stat = self.client.get(self.layout.cluster_path, watch=self._on_leader_watch)
         except NoNodeError:
@@ -101,7 +102,6 @@ class LeaderMixin:
             return None
         if not live:
             return None
-        settled = False
         while True:
             nums = epoch_numbers(self.client.get_children(self.layout.epochs))
             latest = self._read_epoch(nums[-1]) if nums else None
@@ -109,14 +109,13 @@ class LeaderMixin:
                 return None
             if latest is not None and not settled:
                 # a change: let the rest of a burst (nodes started or killed together)
-                # arrive, so that it makes one epoch and one recovery pass, not one each
-                settled = True
+                # arrive, so that it makes one epoch and one recovery pass, not one each;
+                # then evaluate afresh (/cluster may say shutdown by now, and the loop
+                # checks that this node still leads)
                 self._settle()
-                live = [d for d in self._member_dicts(watch=self._on_leader_watch)
-                        if d.get("weight", 1) > 0]
-                if not live:
-                    return None
-                continue
+                self._settled = True
+                self._leader_wake.set()
+                return None
             n = (nums[-1] if nums else 0) + 1
             epoch = {"epoch": n, "members": live, "created": time.time()}
             try:

@@ -62,14 +62,16 @@ passes cluster-wide (``ensure`` still serves clients correctly).
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from array import array
 from typing import Callable
 
 import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
-from common.errors import Corrupt, NoSpace, SheepError, Unavailable
+from common.errors import Corrupt, InvalidRequest, NoSpace, SheepError, Unavailable
 from coordinator.ring import Member
 from sheep.recovery.history import placed_on
 from sheep.recovery.puller import NONE, ObjectPuller
@@ -83,6 +85,7 @@ from vdi import objects
 log = logging.getLogger(__name__)
 
 PARALLEL_PULLS = 4
+VERSIONS_PER_REQUEST = 16384      # oids per versions_any request (a 128 KiB payload)
 
 
 class Recovery:
@@ -220,9 +223,10 @@ class Recovery:
             p["sources"] = f"rings since epoch {history.complete}"
             self._barrier(view)
             live = self._catalog(True)
-            needed = history.needed(live.live_objects())
-            lists = self._collect_versions(view, needed)
-            candidates = self._wanted(view, lists, live, among=needed)
+            needed = history.needed(live.live_objects(),
+                                    have=lambda oid: self.puller.local_version(oid) != NONE)
+            lists = self._collect_versions(view, needed, history.returning, live.max_copies())
+            candidates = self._wanted(view, lists, live)
         wanted = {}
         for oid, item in candidates.items():
             if live.is_live(oid):
@@ -358,15 +362,48 @@ class Recovery:
         replies = self._ask(view, {m: header for m in view.members}, "object list")
         return self._lists(replies)
 
-    def _collect_versions(self, view: EpochView, needed: dict[int, list[Member]]):
-        """member -> {oid: version} of the copies it has of the objects asked about."""
+    def _collect_versions(self, view: EpochView, needed: dict[int, list[Member]],
+                          returning, copies: int):
+        """member -> {oid: version}: from each holder, the copies it has of the objects
+        asked about (in requests of at most ``VERSIONS_PER_REQUEST`` oids, a payload of
+        little-endian u64s); from each returning member, everything it has that the ring
+        places here (``list_all``, filtered by the member with ``copies``)."""
         asked: dict[Member, list[int]] = {}
         for oid, holders in needed.items():
             for m in holders:
                 asked.setdefault(m, []).append(oid)
-        replies = self._ask(view, {m: {"op": "versions_any", "oids": oids}
-                                   for m, oids in asked.items()}, "object versions")
-        return self._lists(replies)
+        requests = [(m, {"op": "list_all", "for": self.node_id, "copies": copies}, b"")
+                    for m in returning]
+        for m, oids in asked.items():
+            for i in range(0, len(oids), VERSIONS_PER_REQUEST):
+                chunk = array("Q", oids[i:i + VERSIONS_PER_REQUEST])
+                if sys.byteorder != "little":
+                    chunk.byteswap()
+                requests.append((m, {"op": "versions_any"}, chunk.tobytes()))
+        jobs = [(m, gevent.spawn(self._call, m, {**h, "epoch": view.epoch}, payload))
+                for m, h, payload in requests]
+        gevent.joinall([job for _m, job in jobs])
+        missing = sorted({f"{m.node_id} ({job.exception})" for m, job in jobs
+                          if job.exception is not None})
+        if missing:
+            raise Unavailable(f"no object versions from {', '.join(missing)} at epoch "
+                              f"{view.epoch}")
+        p = self.progress
+        p["asked"] += len({m for m, _job in jobs})
+        self.list_requests += len(jobs)
+        lists: dict[Member, dict[int, Version]] = {}
+        for m, job in jobs:
+            payload = job.value[1]
+            objs = unpack_object_list(payload)
+            nbytes = memoryview(payload).nbytes
+            p["listed"] += len(objs)
+            p["listed_bytes"] += nbytes
+            self.list_bytes += nbytes
+            mine = lists.setdefault(m, {})
+            for oid, version in objs.items():
+                if version > mine.get(oid, NONE):
+                    mine[oid] = version
+        return lists
 
     def _lists(self, replies: dict) -> dict[Member, dict[int, Version]]:
         p = self.progress
@@ -381,10 +418,9 @@ class Recovery:
             self.list_bytes += nbytes
         return lists
 
-    def _wanted(self, view: EpochView, lists: dict[Member, dict[int, Version]], catalog,
-                among=None):
+    def _wanted(self, view: EpochView, lists: dict[Member, dict[int, Version]], catalog):
         """oid -> (newest version, members holding it) for objects placed here that some
-        member holds newer than this node does (only those in ``among``, when given)."""
+        member holds newer than this node does."""
         out: dict[int, tuple[Version, list[Member]]] = {}
         newest: dict[int, Version] = {}
         for objs in lists.values():
@@ -392,8 +428,6 @@ class Recovery:
                 if version > newest.get(oid, NONE):
                     newest[oid] = version
         for oid, version in newest.items():
-            if among is not None and oid not in among:
-                continue
             if not self._placed_here(view, oid, catalog) or \
                     self.puller.local_version(oid) >= version:
                 continue
@@ -414,8 +448,8 @@ class Recovery:
         if objects.oid_vid(oid) not in catalog.entries:
             return None                 # a VDI newer than the cached catalog
         copies = catalog.copies_of(oid)
-        if history.continuous(oid, copies):
-            return []
+        if history.continuous(oid, copies) and self.puller.local_version(oid) != NONE:
+            return list(history.returning)
         return history.holders(oid, copies)
 
 # -- peer ops this module adds (Replica.extra_ops); each waits for the barrier ---------
@@ -442,10 +476,16 @@ def _op_list_all(r: Replica, h: dict, _payload):
     return {"count": len(objs)}, pack_object_list(objs)
 
 
-def _op_versions_any(r: Replica, h: dict, _payload):
-    """The newest version here, live or stale, of each of ``oids`` that has a copy."""
+def _op_versions_any(r: Replica, h: dict, payload):
+    """The newest version here, live or stale, of each oid of the payload (little-endian
+    u64s) that has a copy."""
     r.recovery_barrier(int(h["epoch"]))
-    objs = r._io(versions_any, r.store, [int(o) for o in h["oids"]])
+    if memoryview(payload).nbytes % 8:
+        raise InvalidRequest("versions_any payload is not a whole number of oids")
+    oids = array("Q", bytes(payload))
+    if sys.byteorder != "little":
+        oids.byteswap()
+    objs = r._io(versions_any, r.store, list(oids))
     return {"count": len(objs)}, pack_object_list(objs)
 
 

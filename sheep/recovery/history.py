@@ -16,8 +16,16 @@ epochs), saw every acknowledged write of the object: it is *continuous* and has 
 to pull for it.  A restarted node is never continuous: a power loss may have taken
 writes it acknowledged before a FLUSH it never got.
 
+One exception: a copy can outlive every ring that placed it.  When every holder of an
+object was away at K, K completed without it, and the node that kept it comes back later:
+no ring of K..E-1 placed the object on it.  So the members of E that are *returning* (absent
+from an epoch of K..E-1, or with another member value there: restarted) are asked too, for
+everything they have that E places on the asker (``list_all``, filtered by the member; a
+fresh joiner answers with nothing), and a continuous node with no copy at all asks the
+holders and the returning members like any other.
+
 So a pass at E asks only the holders of the objects it is not continuous for, and only
-about those objects; when nothing is complete yet, or too many epochs passed since (more
+about those objects, and the returning members; when nothing is complete yet, or too many epochs passed since (more
 than ``MAX_RINGS``), or ZooKeeper cannot say, the pass asks every member about everything
 (`History` is None).  `History` is a pure value; `HistoryLoader` reads it from the
 coordinator once per epoch.
@@ -26,7 +34,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable
+from functools import cached_property
+from typing import Callable, Iterable
 
 from common.errors import SheepError
 from coordinator.ring import Member
@@ -47,12 +56,21 @@ class History:
     complete: int                       # K
     past: tuple[EpochView, ...]         # epochs K..E-1, ascending
     current: EpochView                  # E
+    me: Member | None = None            # this process's own member value (else E's record)
 
-    @property
+    @cached_property
+    def returning(self) -> tuple[Member, ...]:
+        """Members of E absent from an epoch of K..E-1 or with another value there (this
+        node included when it restarted); they may keep copies no ring since K placed."""
+        return tuple(m for m in self.current.members
+                     if any(v.member(m.node_id) != m for v in self.past))
+
+    @cached_property
     def restarted(self) -> bool:
         """This node is missing from one of K..E-1, or started again since."""
         me = self.current.member(self.node_id)
-        return me is None or any(v.member(self.node_id) != me for v in self.past)
+        return me is None or (self.me is not None and self.me != me) or \
+            any(v.member(self.node_id) != me for v in self.past)
 
     def continuous(self, oid: int, copies: int) -> bool:
         """Every ring since K placed ``oid`` here and this node never restarted: it saw
@@ -61,19 +79,21 @@ class History:
                                           for v in self.past)
 
     def holders(self, oid: int, copies: int) -> list[Member]:
-        """The members of E that some ring of K..E-1 placed ``oid`` on (this node too)."""
-        ids: set[str] = set()
+        """The members of E that some ring of K..E-1 placed ``oid`` on (this node too),
+        and the returning members."""
+        ids = {m.node_id for m in self.returning}
         for v in self.past:
             ids.update(m.node_id for m in v.ring.replicas(oid, copies))
         return [m for m in self.current.members if m.node_id in ids]
 
-    def needed(self, objects: Iterable[tuple[int, int]]) -> dict[int, list[Member]]:
+    def needed(self, objects: Iterable[tuple[int, int]],
+               have: Callable[[int], bool] = lambda _oid: True) -> dict[int, list[Member]]:
         """oid -> holders, for each (oid, copies) that E places here and this node is not
-        continuous for."""
+        continuous for, or has no copy of (``have``)."""
         out: dict[int, list[Member]] = {}
         for oid, copies in objects:
             if placed_on(self.current, self.node_id, oid, copies) and \
-                    not self.continuous(oid, copies):
+                    not (self.continuous(oid, copies) and have(oid)):
                 out[oid] = self.holders(oid, copies)
         return out
 
@@ -82,9 +102,10 @@ class HistoryLoader:
     """``History`` for an epoch view, read from the coordinator (``complete_epoch``,
     ``epoch``) once per epoch; None whenever it cannot be known."""
 
-    def __init__(self, node_id: str, markers) -> None:
+    def __init__(self, node_id: str, markers, me: Member | None = None) -> None:
         self.node_id = node_id
         self._markers = markers
+        self._me = me                   # this process's member value
         self._views: dict[int, EpochView] = {}
         self._last: tuple[int, History | None] | None = None
 
@@ -115,4 +136,4 @@ class HistoryLoader:
             past.append(v)
         for n in [n for n in self._views if n < k]:
             del self._views[n]
-        return History(self.node_id, k, tuple(past), view)
+        return History(self.node_id, k, tuple(past), view, self._me)

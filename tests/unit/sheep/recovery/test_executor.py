@@ -129,7 +129,7 @@ class FakeCluster:
         self.on_fetch = None
         self.refuse: dict[tuple[str, str], Exception] = {}   # (node, op) -> raised
 
-    def call(self, m: Member, header: dict):
+    def call(self, m: Member, header: dict, payload=b""):
         self.calls.append((m.node_id, header["op"]))
         refused = self.refuse.get((m.node_id, header["op"]))
         if refused is not None:
@@ -138,7 +138,7 @@ class FakeCluster:
             self.fetches += 1
             if self.on_fetch:
                 self.on_fetch()
-        return self.replicas[m.node_id].handle(header, b"")
+        return self.replicas[m.node_id].handle(header, payload)
 
     def bump(self):
         view = self.epochs.view
@@ -412,3 +412,40 @@ def test_ensure_asks_only_holders_and_trusts_a_continuous_copy(tmp_path):
     asked = {n for n, op in c.calls if op == "version_any"}
     assert asked == {m.node_id for m in before.ring.replicas(moved, 2)} & set(c.stores) - {"n0"}
     assert c.stores["n0"].read(moved, 0, 6) == b"theirs"
+
+
+def test_a_copy_only_a_returning_member_kept_is_found(tmp_path):
+    # every holder of epoch 4 lacked these objects (their only copies were on n3, away
+    # at epoch 4, which completed without them); n3 is back at epoch 5, and n4 joins
+    everyone = [member(i) for i in range(5)]
+    before = EpochView(4, tuple(everyone[:3]), Ring(everyone[:3]))
+    now = EpochView(5, tuple(everyone), Ring(everyone))
+    oids = range(1, 5000)
+    moved = next(o for o in oids if placed_on(now, "n4", o, 1) and placed_on(before, "n1", o, 1))
+    kept = next(o for o in oids if placed_on(now, "n0", o, 1) and placed_on(before, "n0", o, 1))
+    c = FakeCluster(tmp_path, 0, epoch=5, catalog=Catalog(copies=1, live=[moved, kept]),
+                    members=everyone, history=lambda me, view: History(me, 4, (before,), view))
+    for oid in (moved, kept):
+        c.stores["n3"].write(oid, 0, b"only", V[3], create=True)
+    p = c.recoveries["n4"].run_once(now)         # not a holder of epoch 4: n3 is asked
+    assert p["state"] == "complete" and p["pulled"] == 1
+    assert c.stores["n4"].read(moved, 0, 4) == b"only"
+    p = c.recoveries["n0"].run_once(now)         # continuous for it, but has no copy
+    assert p["state"] == "complete" and p["pulled"] == 1
+    assert c.stores["n0"].read(kept, 0, 4) == b"only"
+
+
+def test_versions_are_asked_in_bounded_requests(tmp_path, monkeypatch):
+    monkeypatch.setattr("sheep.recovery.executor.VERSIONS_PER_REQUEST", 7)
+    everyone = [member(i) for i in range(3)]
+    before = EpochView(4, tuple(everyone[1:]), Ring(everyone[1:]))   # n0 joins at 5
+    oids = list(range(1, 60))
+    c = FakeCluster(tmp_path, 0, epoch=5, catalog=Catalog(copies=2, live=oids), members=everyone,
+                    history=lambda me, view: History(me, 4, (before,), view))
+    for oid in oids:
+        c.stores["n1"].write(oid, 0, b"x", V[3], create=True)
+    p = c.recoveries["n0"].run_once(c.epochs.view)
+    mine = [o for o in oids if placed_on(c.epochs.view, "n0", o, 2)]
+    assert p["state"] == "complete" and p["pulled"] == len(mine)
+    requests = [n for n, op in c.calls if op == "versions_any"]
+    assert requests.count("n1") == -(-len(mine) // 7)

@@ -27,7 +27,11 @@ def test_a_join_makes_the_newcomer_need_only_what_it_now_holds_from_the_old_hold
     needed = h.needed((oid, 3) for oid in range(1, 300))
     assert needed and all(placed_on(h.current, "n5", oid, 3) for oid in needed)
     for oid, holders in needed.items():
-        assert {m.node_id for m in holders} == {m.node_id for m in h.past[0].ring.replicas(oid, 3)}
+        # the old holders, and the newcomer itself (a returning member: it may have kept
+        # copies from an earlier life)
+        assert {m.node_id for m in holders} == \
+            {m.node_id for m in h.past[0].ring.replicas(oid, 3)} | {"n5"}
+    assert [m.node_id for m in h.returning] == ["n5"]
     # an old member is continuous for everything it keeps: it needs nothing
     assert History("n0", 3, (view(3, old),), view(4, new)).needed(
         (oid, 3) for oid in range(1, 300)) == {}
@@ -40,7 +44,8 @@ def test_holders_span_every_ring_since_the_complete_epoch_and_only_current_membe
     h = History("n6", 2, (view(2, a), view(3, b)), view(4, c))
     for oid in range(1, 100):
         expect = {m.node_id for v in (h.past[0], h.past[1]) for m in v.ring.replicas(oid, 2)}
-        assert {m.node_id for m in h.holders(oid, 2)} == expect & {m.node_id for m in c}
+        assert {m.node_id for m in h.holders(oid, 2)} == (expect | {"n6"}) & {m.node_id for m in c}
+    assert [m.node_id for m in h.returning] == ["n6"]      # absent from epochs 2 and 3
 
 
 def test_a_node_that_restarted_or_was_away_is_never_continuous():
@@ -53,6 +58,10 @@ def test_a_node_that_restarted_or_was_away_is_never_continuous():
     assert not History("n0", 1, (view(1, members),), view(2, restarted)).continuous(oid, 2)
     away = History("n0", 1, (view(1, members[1:]),), view(2, members))
     assert not away.continuous(oid, 2)
+    # resumed after a shutdown: the epoch records keep the old start time, the process
+    # knows its own
+    resumed = History("n0", 1, (view(1, members),), view(2, members), me=member(0, started=9.0))
+    assert resumed.restarted and not resumed.continuous(oid, 2)
 
 
 class Markers:
