@@ -374,6 +374,9 @@ class Bench:
     # -- idle ------------------------------------------------------------------------------
     def phase_idle(self) -> dict:
         nodes = self.live
+        # the window starts from a settled cluster: the last pass after the format is done
+        wait(lambda: settled(self.obs, nodes), *self.timeout("recovery complete before idling"),
+             interval_s=0.5)
         m0, e0 = scrape(nodes), self.obs.latest_number()
         say(f"idle window {self.args.idle_s:.0f}s")
         sheep0 = sum(cpu_ticks(s.pid) for s in nodes)
