@@ -15,8 +15,9 @@ anonymous client: members, epochs, leader), the sheep through their admin API an
 Phases, in order (each skippable):
 
 * **start**: every sheep spawned at once; seconds until all are members (registered in
-  ZooKeeper), and until ``collie cluster format --copies C`` has epoch 1 on every node;
-  resident memory per sheep (VmRSS: min/median/max MiB).
+  ZooKeeper), until every admin API answers, and until ``collie cluster format --copies C``
+  has epoch 1 on every node; resident memory per sheep (VmRSS: min/median/max MiB and the
+  three largest).
 * **idle**: a fixed window of IDLE_S seconds (a measurement, not a wait): CPU of all sheep
   and of ZooKeeper in % of one core (utime + stime from /proc), load average, epochs and
   ZooKeeper session losses (``sheep_zk_session_losses_total``) before and after.
@@ -204,11 +205,16 @@ def rss_mib(pid: int | None) -> float | None:
 
 
 def rss_figures(nodes) -> dict:
-    values = sorted(v for v in (rss_mib(s.pid) for s in nodes) if v is not None)
-    if not values:
+    """min/median/max VmRSS over ``nodes`` and the three largest (which sheep they are)."""
+    found = sorted(((v, s.index) for s in nodes for v in [rss_mib(s.pid)] if v is not None),
+                   reverse=True)
+    if not found:
         return {"rss_mib_min": None, "rss_mib_median": None, "rss_mib_max": None}
-    return {"rss_mib_min": round(values[0], 1), "rss_mib_median": round(statistics.median(values), 1),
-            "rss_mib_max": round(values[-1], 1)}
+    values = [v for v, _ in found]
+    return {"rss_mib_min": round(values[-1], 1),
+            "rss_mib_median": round(statistics.median(values), 1),
+            "rss_mib_max": round(values[0], 1),
+            "rss_mib_largest": [f"sheep{i}={v:.1f}" for v, i in found[:3]]}
 
 
 # -- metrics and recovery state of the sheep ------------------------------------------------
@@ -322,11 +328,18 @@ class Bench:
         say(f"spawning {n} sheep at once")
         t0 = time.monotonic()
         joined_s = self.spawn(c.sheep, t0)
+        # a sheep registers before its admin API serves: "joined" is not yet "ready"
+        wait(lambda: all(each(lambda s: requests.get(s.admin_url + "/health", timeout=5).ok,
+                              c.sheep)),
+             *self.timeout("every sheep's admin API"), interval_s=0.5)
+        ready_s = time.monotonic() - t0
+        say(f"every admin API answers after {ready_s:.1f}s; collie cluster format")
         self.format()
         formatted_s = time.monotonic() - t0
         say(f"formatted: epoch 1 on every node after {formatted_s:.1f}s")
         return {"nodes": n, "zones": self.zones, "copies": self.args.copies,
-                "joined_s": round(joined_s, 2), "formatted_s": round(formatted_s, 2),
+                "joined_s": round(joined_s, 2), "ready_s": round(ready_s, 2),
+                "formatted_s": round(formatted_s, 2),
                 "epochs_after_format": self.obs.latest_number(), **rss_figures(c.sheep)}
 
     def spawn(self, nodes, t0: float) -> float:
@@ -361,6 +374,9 @@ class Bench:
     # -- idle ------------------------------------------------------------------------------
     def phase_idle(self) -> dict:
         nodes = self.live
+        # the window starts from a settled cluster: the last pass after the format is done
+        wait(lambda: settled(self.obs, nodes), *self.timeout("recovery complete before idling"),
+             interval_s=0.5)
         m0, e0 = scrape(nodes), self.obs.latest_number()
         say(f"idle window {self.args.idle_s:.0f}s")
         sheep0 = sum(cpu_ticks(s.pid) for s in nodes)
