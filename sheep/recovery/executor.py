@@ -337,30 +337,30 @@ class Recovery:
         return any(m.node_id == self.node_id
                    for m in view.ring.replicas(oid, catalog.copies_of(oid)))
 
-    def _ask(self, view: EpochView, requests: dict[Member, dict], what: str) -> dict:
-        """Send each member its request at once; member -> (header, payload), Unavailable
-        unless every one answered (counted in the progress record)."""
-        jobs = {m: gevent.spawn(self._call, m, {**h, "epoch": view.epoch})
-                for m, h in requests.items()}
-        gevent.joinall(list(jobs.values()))
-        missing = [f"{m.node_id} ({job.exception})" for m, job in jobs.items()
-                   if job.exception is not None]
+    def _ask(self, view: EpochView, requests: list, what: str) -> list:
+        """Send every (member, header, payload) request at once; [(member, (header,
+        payload))], Unavailable unless every one was answered."""
+        jobs = [(m, gevent.spawn(self._call, m, {**h, "epoch": view.epoch}, payload))
+                for m, h, payload in requests]
+        gevent.joinall([job for _m, job in jobs])
+        missing = sorted({f"{m.node_id} ({job.exception})" for m, job in jobs
+                          if job.exception is not None})
         if missing:
             # A member's copies could be the only newest ones: no pass may finish without
             # them.  The loop retries; until then `ensure` keeps serving requests safely.
             raise Unavailable(f"no {what} from {', '.join(missing)} at epoch {view.epoch}")
-        return {m: job.value for m, job in jobs.items()}
+        return [(m, job.value) for m, job in jobs]
 
     def _barrier(self, view: EpochView) -> None:
-        self._ask(view, {m: {"op": "barrier"} for m in view.members}, "barrier")
+        self._ask(view, [(m, {"op": "barrier"}, b"") for m in view.members], "barrier")
         self.progress["barriers"] = len(view.members)
 
     def _collect_lists(self, view: EpochView, copies: int) -> dict[Member, dict[int, Version]]:
         """Every member's objects that the ring places here with ``copies`` (the most any
         VDI has: a superset of what it places here with fewer), after its barrier."""
         header = {"op": "list_all", "for": self.node_id, "copies": copies}
-        replies = self._ask(view, {m: header for m in view.members}, "object list")
-        return self._lists(replies)
+        return self._lists(self._ask(view, [(m, header, b"") for m in view.members],
+                                     "object list"))
 
     def _collect_versions(self, view: EpochView, needed: dict[int, list[Member]],
                           returning, copies: int):
@@ -380,22 +380,17 @@ class Recovery:
                 if sys.byteorder != "little":
                     chunk.byteswap()
                 requests.append((m, {"op": "versions_any"}, chunk.tobytes()))
-        jobs = [(m, gevent.spawn(self._call, m, {**h, "epoch": view.epoch}, payload))
-                for m, h, payload in requests]
-        gevent.joinall([job for _m, job in jobs])
-        missing = sorted({f"{m.node_id} ({job.exception})" for m, job in jobs
-                          if job.exception is not None})
-        if missing:
-            raise Unavailable(f"no object versions from {', '.join(missing)} at epoch "
-                              f"{view.epoch}")
+        return self._lists(self._ask(view, requests, "object versions"))
+
+    def _lists(self, replies: list) -> dict[Member, dict[int, Version]]:
+        """member -> {oid: newest version it answered}, counted in the progress record."""
         p = self.progress
-        p["asked"] += len({m for m, _job in jobs})
-        self.list_requests += len(jobs)
+        p["asked"] += len({m for m, _reply in replies})
+        self.list_requests += len(replies)
         lists: dict[Member, dict[int, Version]] = {}
-        for m, job in jobs:
-            payload = job.value[1]
-            objs = unpack_object_list(payload)
+        for m, (_h, payload) in replies:
             nbytes = memoryview(payload).nbytes
+            objs = unpack_object_list(payload)
             p["listed"] += len(objs)
             p["listed_bytes"] += nbytes
             self.list_bytes += nbytes
@@ -403,19 +398,6 @@ class Recovery:
             for oid, version in objs.items():
                 if version > mine.get(oid, NONE):
                     mine[oid] = version
-        return lists
-
-    def _lists(self, replies: dict) -> dict[Member, dict[int, Version]]:
-        p = self.progress
-        p["asked"] += len(replies)
-        self.list_requests += len(replies)
-        lists = {}
-        for m, (_h, payload) in replies.items():
-            lists[m] = unpack_object_list(payload)
-            nbytes = memoryview(payload).nbytes
-            p["listed"] += len(lists[m])
-            p["listed_bytes"] += nbytes
-            self.list_bytes += nbytes
         return lists
 
     def _wanted(self, view: EpochView, lists: dict[Member, dict[int, Version]], catalog):
