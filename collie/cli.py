@@ -20,7 +20,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from collie import render
+from collie import cmd_qos, render
 from collie.client import AdminClient, CollieError, Exit, quoted, vdi_path
 from collie.progress import Progress, watch_recovery
 from collie.sizes import format_size, parse_size
@@ -510,6 +510,7 @@ def build_parser() -> Parser:
     p = add(vdi, "check", cmd_vdi_check, "check and repair a VDI's replicas")
     p.add_argument("name")
     p.add_argument("-e", "--report-only", action="store_true", help="only report, repair nothing")
+    cmd_qos.register(vdi, add)
     lock = commands(vdi.add_parser("lock", help="VDI locks"), dest="lock_command")
     add(lock, "list", cmd_vdi_lock_list, "list locked VDIs")
     add(lock, "unlock", cmd_vdi_lock_unlock, "force-release a VDI's lock").add_argument("name")

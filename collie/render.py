@@ -13,6 +13,7 @@ from collections import defaultdict
 from datetime import datetime, tzinfo
 from typing import Iterable, Sequence
 
+from collie.cmd_qos import qos_summary
 from collie.sizes import format_iec, format_size
 
 VNODES_PER_WEIGHT = 128
@@ -202,15 +203,16 @@ def _standbys(entry: dict) -> str:
 
 
 def render_vdi_list_long(vdis: list[dict], tz: tzinfo | None = None) -> str:
-    """``with_attachments`` entries -> the ``vdi list`` table plus ``Writer`` (the node holding
+    """``with_attachments`` entries -> the ``vdi list`` table plus ``QoS`` (its limits,
+    `collie.cmd_qos.qos_summary`), ``Writer`` (the node holding
     the write right), ``Client`` (its NBD client, or the admin operation holding it) and
     ``Standbys`` (the other attachments, ``CLIENT@NODE``); ``-`` where there is none."""
     rows = []
     for v in sorted(vdis, key=_vdi_order):
         holder = v.get("lock") or {}
-        rows.append(_vdi_row(v, tz) + (holder.get("node_id") or "-", holder.get("client") or "-",
-                                       _standbys(v)))
-    return table(_VDI_HEADERS + ("Writer", "Client", "Standbys"), rows, right=_VDI_RIGHT)
+        rows.append(_vdi_row(v, tz) + (qos_summary(v), holder.get("node_id") or "-",
+                                       holder.get("client") or "-", _standbys(v)))
+    return table(_VDI_HEADERS + ("QoS", "Writer", "Client", "Standbys"), rows, right=_VDI_RIGHT)
 
 
 def _shared(entry: dict) -> str:

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sheep.admin.metrics_cluster import ClusterCollector
 from sheep.admin.metrics_hist import IoHistogram, PeerHistogram, StageHistogram
 from sheep.admin.metrics_node import NodeCollector
+from sheep.admin.metrics_qos import QosCollector
 
 
 # what generate_latest writes; the charset matters: label values (VDI names) are UTF-8
@@ -60,6 +61,7 @@ class StageMetrics:
         """Expose ``sheep``'s state (its parts, read at scrape time) and the cluster's."""
         self.registry.register(NodeCollector(sheep))
         self.registry.register(ClusterCollector(sheep))
+        self.registry.register(QosCollector(sheep))
 
     def render(self) -> str:
         return generate_latest(self.registry).decode()

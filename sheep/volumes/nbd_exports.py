@@ -42,8 +42,10 @@ from common.errors import Fenced, NotFound, ReadOnly, StaleGeneration, Unavailab
 from nbd_frontend.export import HOLE, ZERO
 from sheep.volumes.catalog_cache import CatalogCache
 from sheep.volumes.handoff import HandoffPolicy, WriteState
+from sheep.volumes.qos import QosRegistry
 from sheep.volumes.service import validate_name
 from vdi import family
+from vdi.qos import READ, WRITE
 from sheep.volumes.write_right import WriteRightMixin
 from vdi.volume import Volume
 
@@ -75,6 +77,7 @@ class VdiExport:
         self.client = client
         self.working = working      # the working VDI (may take the write right)
         self.attachment: str | None = None
+        self.qos = None             # its VDI's VdiThrottle while it has limits (sheep.volumes.qos)
         self.handed_over = False    # gave the write right to another connection
         self.handing_over = False   # releasing the lock for a hand-off right now
         self.moved = False          # the catalog entry changed (a snapshot): look again
@@ -107,6 +110,8 @@ class VdiExport:
         managers: this is the hot path of every NBD write)."""
         self._check()
         self._check_write_right()
+        if self.qos is not None:
+            self.qos.admit(WRITE, length)
         self._arriving += 1             # a hand-off must wait for this one
         try:
             if self.writer is None:
@@ -159,6 +164,8 @@ class VdiExport:
 
     def read(self, offset: int, length: int) -> bytearray:
         self._check()
+        if self.qos is not None:
+            self.qos.admit(READ, length)
         self._follow()
         return self.volume.read(offset, length)
 
@@ -226,6 +233,7 @@ class VdiExportProvider(WriteRightMixin):
         self._serving: set[int] = set()             # vids whose hand-off loop runs
         self._followers: dict[int, set] = {}        # vid -> exports told when its entry changes
         self.catalog_cache = CatalogCache(vdis.entries)   # what handshakes look up
+        self.qos = QosRegistry(vdis.catalog)
 
     @property
     def reclaimer(self):
@@ -296,6 +304,7 @@ class VdiExportProvider(WriteRightMixin):
                                                         client_addr)
         self._working.add(export)
         self._watch_entry(export)
+        self._quietly(self.qos.attach, export)
         log.info("vdi=%s vid=%06x attached by %s", entry["name"], entry["vid"], client_addr)
         return export
 
@@ -429,6 +438,7 @@ class VdiExportProvider(WriteRightMixin):
         if not export.working:
             return
         self._working.discard(export)
+        self.qos.detach(export)
         self._followers.get(export.entry["vid"], set()).discard(export)
         vid = export.entry["vid"]
         if self._attached.get(vid) is export:

@@ -123,7 +123,7 @@ class SnapshotService:
             "name": name, "size": current["size"], "copies": current["copies"], "created": now,
             "snap_id": snap_id + 1, "tag": "", "parent": current["vid"], "snapshot": False,
             "block_size_shift": current["block_size_shift"], "hidden": True,
-            "replaces": current["vid"]})
+            "replaces": current["vid"], **_kept(current)})
         try:
             self.vdis.write_inode(new, objmap.copy())
             if before_flip is not None:
@@ -214,6 +214,7 @@ class SnapshotService:
                 "block_size_shift": snap["block_size_shift"], "hidden": True}
             if working is not None:
                 fields["replaces"] = working["vid"]
+                fields.update(_kept(working))
             new = self.vdis.allocate(fields)
             try:
                 self.vdis.write_inode(new, objmap.copy())
@@ -229,3 +230,8 @@ class SnapshotService:
         log.info("vdi=%s rolled back to snapshot %s: working vid=%06x", name, tag, new["vid"])
         self.vdis.reclaimer.run()
         return new
+
+
+def _kept(working: dict) -> dict:
+    """Settings of a working VDI its next working entry keeps (its QoS limits)."""
+    return {"qos": working["qos"]} if working.get("qos") else {}
