@@ -30,6 +30,7 @@ BURST_SECONDS = "burst_seconds"
 FIELDS = LIMITS + BURSTS + (BURST_SECONDS,)
 MAX_VALUE = 1 << 50
 MAX_BURST_SECONDS = 3600
+EPSILON = 1e-6
 
 # the buckets one request of each kind needs
 NEEDS = {READ: (("iops", False), ("read_iops", False), ("bps", True), ("read_bps", True)),
@@ -118,7 +119,8 @@ class TokenBucket:
         a full bucket."""
         self.refill(now)
         need = min(cost, self.capacity)
-        return 0.0 if self.tokens >= need else (need - self.tokens) / self.rate
+        # a tolerance: float refills may fall short of a whole token by 1e-15
+        return 0.0 if self.tokens >= need - EPSILON else (need - self.tokens) / self.rate
 
     def take(self, cost: float, now: float) -> None:
         self.refill(now)

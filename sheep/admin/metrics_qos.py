@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from vdi.qos import LIMITS, READ, WRITE
+from sheep.volumes.qos import LIMITS, READ, WRITE
 
 
 class QosCollector:
@@ -18,8 +18,8 @@ class QosCollector:
         return []
 
     def collect(self):
-        exports = getattr(self.sheep, "exports", None)
-        if exports is None:
+        qos = getattr(getattr(self.sheep, "exports", None), "qos", None)
+        if qos is None:
             return
         node = self.sheep.node_id
         labels = ["node", "vdi"]
@@ -32,7 +32,7 @@ class QosCollector:
         limit = GaugeMetricFamily(
             "sheep_vdi_qos_limit", "the VDI's QoS limit enforced here (iops: requests/s, "
             "bps: bytes/s; 0 = none)", labels=labels + ["limit"])
-        for name, throttle in sorted(exports.qos.throttles.items()):
+        for name, throttle in sorted(qos.throttles.items()):
             for kind in (READ, WRITE):
                 waited.add_metric([node, name, kind], throttle.throttled_s[kind])
                 delayed.add_metric([node, name, kind], throttle.throttled[kind])

@@ -26,9 +26,10 @@ from gevent.lock import Semaphore
 
 from common.errors import AlreadyExists, InvalidRequest, Unavailable
 from vdi import family
-from vdi.qos import READ, WRITE, QosError, QosLimits, Throttle
+from vdi.qos import LIMITS, READ, WRITE, QosError, QosLimits, Throttle
 
 log = logging.getLogger(__name__)
+__all__ = ["LIMITS", "READ", "WRITE", "QosRegistry", "VdiThrottle", "set_limits"]
 
 TICK_S = 0.05
 

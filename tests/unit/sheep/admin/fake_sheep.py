@@ -21,5 +21,8 @@ def fake_sheep(**recovery) -> NS:
               scrubber=NS(stats={"objects": 9, "corrupt_objects": 0}),
               recovery=NS(progress=progress, objects_done=14, pulled_objects=12,
                           pulled_bytes=1 << 20, list_requests=4, list_bytes=720),
-              exports=NS(catalog_cache=NS(entries=lambda: entries)),
+              exports=NS(catalog_cache=NS(entries=lambda: entries), qos=NS(throttles={
+                  "a": NS(throttled_s={"read": 0.0, "write": 1.5},
+                          throttled={"read": 0, "write": 3},
+                          limits=NS(values={"iops": 500, "write_bps": 1 << 20}))})),
               locks=NS(list=lambda: [{"vid": 1}]))
