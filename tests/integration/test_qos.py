@@ -72,6 +72,15 @@ def test_a_limited_vdi_holds_its_limit_and_an_unlimited_one_is_not_slowed(cluste
     collie(node, "vdi", "qos", "limited", "--iops", str(LIMIT))
     shown = collie(node, "vdi", "qos", "limited").stdout.decode()
     assert "iops" in shown and str(LIMIT) in shown
+    # bad input: one line and the documented exit code, the limits unchanged
+    bad = collie(node, "vdi", "qos", "limited", "--iops", "500", "--iops-burst", "100",
+                 check=False)
+    assert bad.returncode == 1 and bad.stderr.decode().splitlines() == [
+        "collie: iops_burst 100 is below the iops limit 500"]
+    assert collie(node, "vdi", "qos", "nosuch", "--iops", "5", check=False).returncode == 5
+    assert collie(node, "vdi", "qos", "limited", "--iops", "x", check=False).returncode == 64
+    assert json.loads(collie(node, "vdi", "qos", "limited", "--json").stdout)["qos"] == {
+        "iops": LIMIT}
 
     # the unlimited VDI alone: what this node gives it right now
     run_fio(fio_cmd(node, "free", 5, tmp_path))
