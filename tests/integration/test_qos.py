@@ -151,3 +151,7 @@ def test_a_limit_raised_while_attached_applies_within_a_second(cluster_factory, 
     print(f"raised at {raised['at']:.2f}; before {before}; after {after}")
     assert before and max(before) <= 100 * 1.5 + 10      # held at the old limit
     assert after and min(after) >= 3 * 100                # a second later: well past it
+    # a snapshot moves the VDI to a new working vid: its limits go with it
+    collie(node, "vdi", "snapshot", "-s", "s1", "vol")
+    assert json.loads(collie(node, "vdi", "qos", "vol", "--json").stdout)["qos"] == {
+        "write_iops": 2000}
