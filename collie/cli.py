@@ -20,7 +20,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from collie import cmd_qos, render
+from collie import backup, cmd_qos, render
 from collie.client import AdminClient, CollieError, Exit, quoted, vdi_path
 from collie.progress import Progress, watch_recovery
 from collie.sizes import format_size, parse_size
@@ -506,6 +506,7 @@ def build_parser() -> Parser:
     p.add_argument("-s", "--snapshot", dest="tag", required=True, help="snapshot tag")
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     p.add_argument("name")
+    backup.add_commands(vdi, add)
     add(vdi, "tree", cmd_vdi_tree, "show VDIs, snapshots and clones as trees")
     p = add(vdi, "check", cmd_vdi_check, "check and repair a VDI's replicas")
     p.add_argument("name")

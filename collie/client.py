@@ -153,6 +153,12 @@ class AdminClient:
         headers = {"Content-Type": "application/octet-stream"}
         return self._json(self._request("PUT", path, params=params or None, data=data, headers=headers))
 
+    def put_stream(self, path: str, chunks, **params) -> dict:
+        """PUT a body of unknown length (an iterable of bytes, sent chunked)."""
+        headers = {"Content-Type": "application/octet-stream"}
+        return self._json(self._request("PUT", path, params=params or None, data=chunks,
+                                        headers=headers))
+
     def _request(self, method: str, path: str, **kwargs) -> requests.Response:
         url = self.base_url + path
         log.debug("%s %s params=%s", method, url, kwargs.get("params"))

@@ -5,7 +5,11 @@ pieces of it, so a burst of small messages costs one ``recv_into`` rather than
 several per message; a large payload is received straight into its own buffer.
 The buffer starts small (a hundred idle peer connections must not hold 256 KiB
 each) and grows, up to its limit, when a piece needs more or a ``recv_into``
-fills it: a busy connection soon reads in large gulps.
+fills it: a busy connection soon reads in large gulps.  A connection that then waits
+idle (``SHRINK_AFTER_IDLE_S``) with nothing buffered goes back to the small buffer:
+after a burst of I/O through a gateway, a hundred grown buffers were 25 MiB kept for
+nothing.  The wait is gevent's own (the socket's read watcher), so only a connection
+that was about to block anyway pays the clock reads.
 
 `BufferWriter` queues whole messages (lists of buffers, never copied or
 concatenated) and writes everything queued during one turn of the event loop
@@ -21,6 +25,7 @@ import gevent
 
 READ_BUFFER_BYTES = 256 << 10      # the most one reader's buffer grows to
 INITIAL_READ_BUFFER_BYTES = 16 << 10
+SHRINK_AFTER_IDLE_S = 1.0
 MAX_IOV = 512
 
 
@@ -29,7 +34,8 @@ class SocketReader:
                  initial_bytes: int = INITIAL_READ_BUFFER_BYTES) -> None:
         self._sock = sock
         self._limit = buffer_bytes
-        self._buf = bytearray(min(initial_bytes, buffer_bytes))
+        self._initial = min(initial_bytes, buffer_bytes)
+        self._buf = bytearray(self._initial)
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
@@ -43,13 +49,35 @@ class SocketReader:
             self._buf[:n] = self._buf[self._start:self._end]
             self._start, self._end = 0, n
         while self._end - self._start < need:
-            room = len(self._buf) - self._end
-            r = self._sock.recv_into(self._view[self._end:])
+            r, room = self._receive(need)
             if r == 0:
                 raise ConnectionError("connection closed by peer")
             self._end += r
             if r == room and len(self._buf) < self._limit:   # busy: read more at a time
                 self._resize(len(self._buf) * 2)
+
+    def _receive(self, need: int) -> tuple[int, int]:
+        """One ``recv_into`` the free space: (bytes received, room there was).
+
+        On a gevent socket without a timeout, the wait for data is done here: a drained
+        buffer that waited ``SHRINK_AFTER_IDLE_S`` or more is replaced by a small one
+        before the bytes land (never while a receive into it is pending)."""
+        sock = self._sock
+        raw, event = getattr(sock, "_sock", None), getattr(sock, "_read_event", None)
+        if raw is None or event is None or sock.timeout is not None:
+            return sock.recv_into(self._view[self._end:]), len(self._buf) - self._end
+        while True:
+            try:
+                return raw.recv_into(self._view[self._end:]), len(self._buf) - self._end
+            except (BlockingIOError, InterruptedError):
+                pass
+            waited = time.monotonic()
+            sock._wait(event)
+            if (self._start == self._end and len(self._buf) > self._initial >= need
+                    and time.monotonic() - waited >= SHRINK_AFTER_IDLE_S):
+                self._buf = bytearray(self._initial)
+                self._view = memoryview(self._buf)
+                self._start = self._end = 0
 
     def _resize(self, at_least: int) -> None:
         """A bigger buffer (at least ``at_least``, at most the limit), the buffered bytes

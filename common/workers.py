@@ -41,7 +41,8 @@ class Workers:
         if self._idle:
             self._hub.loop.run_callback(self._idle.pop().switch, (fn, args))
         else:
-            gevent.spawn(self._work, (fn, args))
+            gevent.spawn(self._work, [(fn, args)])   # a list emptied at once: the greenlet's
+            #                                          own ``args`` must not keep the first task
 
     def join(self, timeout: float | None = None) -> bool:
         """Until no task runs (or ``timeout`` passes); True when none runs."""
@@ -58,7 +59,8 @@ class Workers:
         for waiter in idle:
             self._hub.loop.run_callback(waiter.switch, None)
 
-    def _work(self, task) -> None:
+    def _work(self, first: list) -> None:
+        task = first.pop()
         while task is not None:
             fn, args = task
             try:
@@ -67,6 +69,7 @@ class Workers:
                 self._hub.handle_error(fn, *sys.exc_info())
             finally:
                 self._finished()
+            fn = args = task = None     # a parked greenlet must not keep its last payload alive
             if self._closed or len(self._idle) >= self.limit:
                 return
             waiter = Waiter(self._hub)

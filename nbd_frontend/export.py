@@ -56,6 +56,10 @@ class Export(Protocol):
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         """Consecutive ``(length, flags)`` extents from ``offset``; flags HOLE=1 | ZERO=2."""
 
+    # optional, with ExportProvider.meta_contexts:
+    # def context_status(self, context: str, offset: int, length: int) -> list[tuple[int, int]]:
+    #     """The same for one of the extra meta contexts the provider offered this export."""
+
     def close(self) -> None:
         """Detach (release the lock).  Called exactly once, after the last request."""
 
@@ -72,6 +76,11 @@ class ExportProvider(Protocol):
 
     def open_export(self, name: str, client_addr: str) -> Export:
         """Attach; NotFound if unknown, Locked (message names the holder) if taken."""
+
+    # optional: a provider with meta contexts besides base:allocation
+    # def meta_contexts(self, name: str) -> list[str]:
+    #     """Every extra context export ``name`` offers (``x-ns:leaf`` names); the
+    #     handshake matches clients' queries against them.  Takes no locks."""
 
 
 # -- edge tables -----------------------------------------------------------------------

@@ -22,7 +22,21 @@ EXPORT_NAME)             refusing EXPORT_NAME closes (the protocol has no error 
 ``StartTls``             send the pending ACK, run the TLS handshake on the same
                          socket, then ``tls_started()``; a failed TLS handshake closes
 ``Ready``                switch to ``RequestParser``; ``trailing_data()`` belongs to it
+``MetaContextRequest``   ``reply_meta_contexts(names)``: every context besides
+                         ``base:allocation`` the export offers (only with
+                         ``extra_contexts``; see below)
 =======================  =======================================================
+
+Meta contexts
+-------------
+``base:allocation`` is answered inside the machine.  With ``extra_contexts`` (the
+provider offers more, e.g. ``x-sheepdog:diff:TAG`` on snapshot exports) a LIST with no
+queries, or a LIST or SET with a query outside the ``base:`` namespace, surfaces a
+``MetaContextRequest``: the shell names what the export offers and the machine matches
+the queries against it (`match_contexts`: a SET selects exact names; a LIST also takes a
+query ending in ``:`` as a prefix).  Selected contexts get ids: 1 for base:allocation,
+2, 3, ... for the others in the order offered; LIST replies carry id 0 (the spec
+reserves it there).  ``Ready.contexts`` lists ``(id, name)`` for the transmission.
 
 Invariants
 ----------
@@ -114,6 +128,15 @@ class ExportRequest:
 
 
 @dataclass(frozen=True)
+class MetaContextRequest:
+    """LIST/SET_META_CONTEXT needing the provider: answer ``reply_meta_contexts(names)``
+    with every extra context export ``export`` offers."""
+    option: int
+    export: str
+    queries: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Aborted:
     """NBD_OPT_ABORT: the ACK is queued; close after sending it."""
 
@@ -132,9 +155,25 @@ class Ready:
     structured: bool
     meta_contexts: frozenset
     flags: int
+    contexts: tuple = ()            # (id, name) of the selected meta contexts, by id
 
     def transmission(self) -> p.Transmission:
         return p.Transmission(self.size, self.readonly, self.structured, self.meta_contexts)
+
+
+def match_contexts(queries, available, listing: bool) -> list[str]:
+    """The names of ``available`` (extra contexts, in their order) that ``queries`` ask
+    for: exact names; for a LIST also every name a query ending in ``:`` prefixes, and
+    everything when there are no queries.  No duplicates."""
+    if listing and not queries:
+        return list(dict.fromkeys(available))
+    wanted = []
+    for name in dict.fromkeys(available):
+        for q in queries:
+            if q == name or (listing and q.endswith(":") and name.startswith(q)):
+                wanted.append(name)
+                break
+    return wanted
 
 
 def option_reply(option: int, rtype: int, data: bytes = b"") -> bytes:
@@ -184,9 +223,11 @@ class ServerHandshake:
     ``tls``: TLS is required (STARTTLS first); ``max_options``: options allowed in
     this handshake."""
 
-    def __init__(self, tls: bool = False, max_options: int = MAX_OPTIONS) -> None:
+    def __init__(self, tls: bool = False, max_options: int = MAX_OPTIONS,
+                 extra_contexts: bool = False) -> None:
         self.state = CLIENT_FLAGS_WAIT
         self.tls = tls
+        self.extra_contexts = extra_contexts  # ask the shell about non-base contexts
         self.tls_pending = tls              # TLS required and not yet started
         self.max_options = max_options
         self._options = 0
@@ -196,9 +237,10 @@ class ServerHandshake:
         self.structured = False
         self._meta_export: str | None = None     # export named in the last SET_META_CONTEXT
         self._meta_ids: frozenset = frozenset()
+        self._meta_names: tuple = ()             # (id, name) selected by that SET
         self._discard_left = 0
         self._discard_option = 0
-        self._current: ExportRequest | ListRequest | None = None
+        self._current: ExportRequest | ListRequest | MetaContextRequest | None = None
         self._ready: Ready | None = None
         self._ready_reported = False
 
@@ -390,25 +432,49 @@ class ServerHandshake:
         setting = option == p.OPT_SET_META_CONTEXT
         if setting and not self.structured:
             raise _BadOption("SET_META_CONTEXT needs structured replies first")
+        if self.extra_contexts and ((not setting and not queries) or any(
+                not q.startswith("base:") for q in queries)):
+            self._current = MetaContextRequest(option, export, tuple(queries))
+            self._go("needs_shell")
+            return self._current
+        self._answer_meta(option, export, queries, ())
+        self._go("answered_inline")
+        return None
+
+    def _answer_meta(self, option: int, export: str, queries, available) -> None:
+        """The META_CONTEXT replies and the ACK; a SET also records its selection."""
+        setting = option == p.OPT_SET_META_CONTEXT
         if setting:
-            match = any(q == p.META_BASE_ALLOCATION for q in queries)
+            base = any(q == p.META_BASE_ALLOCATION for q in queries)
         else:
-            match = not queries or any(q in (p.META_BASE_ALLOCATION, "base:") for q in queries)
-        if match:
-            ctx = U32.pack(p.BASE_ALLOCATION_ID) + p.META_BASE_ALLOCATION.encode()
+            base = not queries or any(q in (p.META_BASE_ALLOCATION, "base:") for q in queries)
+        selected = [(p.BASE_ALLOCATION_ID, p.META_BASE_ALLOCATION)] if base else []
+        extra = match_contexts(queries, available, listing=not setting)
+        selected += [(p.BASE_ALLOCATION_ID + 1 + i, name) for i, name in enumerate(extra)]
+        for ctx_id, name in selected:
+            ctx = U32.pack(ctx_id if setting else 0) + name.encode()
             self._out += option_reply(option, p.REP_META_CONTEXT, ctx)
         if setting:
             self._meta_export = export
-            self._meta_ids = frozenset({p.BASE_ALLOCATION_ID}) if match else frozenset()
+            self._meta_names = tuple(selected)
+            self._meta_ids = frozenset(ctx_id for ctx_id, _ in selected)
         self._out += option_reply(option, p.REP_ACK)
-        self._go("answered_inline")
-        return None
 
     # -- shell answers -----------------------------------------------------------
     def tls_started(self) -> None:
         """The TLS handshake after a StartTls succeeded: options go on inside TLS."""
         self._go("tls_started")
         self.tls_pending = False
+
+    def reply_meta_contexts(self, names) -> None:
+        """Answer a MetaContextRequest with every extra context its export offers."""
+        req = self._current
+        if not isinstance(req, MetaContextRequest):
+            raise NbdProtocolError("no meta context request in progress")
+        self._current = None
+        names = [n for n in names if isinstance(n, str) and len(n.encode()) <= MAX_STRING]
+        self._answer_meta(req.option, req.export, req.queries, names)
+        self._go("answered")
 
     def reply_list(self, names) -> None:
         """Answer a ListRequest with the provider's export names."""
@@ -446,8 +512,10 @@ class ServerHandshake:
         if req.option == p.OPT_INFO:
             self._go("answered")
             return
-        meta = self._meta_ids if self._meta_export == req.name and self.structured else frozenset()
-        self._ready = Ready(req.name, size, readonly, self.structured, meta, flags)
+        chosen = self._meta_export == req.name and self.structured
+        meta = self._meta_ids if chosen else frozenset()
+        self._ready = Ready(req.name, size, readonly, self.structured, meta, flags,
+                            self._meta_names if chosen else ())
         self._go("go")
 
     def refuse_export(self, code: int, message: str) -> None:

@@ -128,7 +128,7 @@ STATE_HOLE = 1 << 0
 STATE_ZERO = 1 << 1
 
 META_BASE_ALLOCATION = "base:allocation"
-BASE_ALLOCATION_ID = 1                  # our (only) metadata context id
+BASE_ALLOCATION_ID = 1                  # base:allocation's id; other contexts get 2, 3, ...
 
 # NBD error values (the protocol fixes these numbers, not the host's errno.h)
 EPERM = 1
@@ -316,7 +316,7 @@ def check_request(req: Request, tx: Transmission) -> tuple[int, str]:
         return EINVAL, f"flags 0x{req.flags:x} not valid for command {req.type}"
     if req.type in _MODIFYING and tx.readonly:
         return EPERM, "export is read-only"
-    if req.type == CMD_BLOCK_STATUS and BASE_ALLOCATION_ID not in tx.meta_contexts:
+    if req.type == CMD_BLOCK_STATUS and not tx.meta_contexts:
         return EINVAL, "no metadata context negotiated"
     if req.type in _RANGED:
         if req.length == 0:
@@ -361,11 +361,12 @@ def error_reply(handle: int, error: int, structured: bool, message: str = "") ->
             + ERROR_CHUNK.pack(error, len(msg)) + msg)
 
 
-def normalize_extents(extents, length: int, req_one: bool = False) -> list[tuple[int, int]]:
+def normalize_extents(extents, length: int, req_one: bool = False,
+                      mask: int = STATE_HOLE | STATE_ZERO) -> list[tuple[int, int]]:
     """Clip an export's ``(length, flags)`` list to the request and merge equal neighbours.
 
     The result is non-empty, every length > 0, the sum <= ``length`` (the spec
-    allows a short answer) and flags limited to HOLE|ZERO.
+    allows a short answer) and flags limited to ``mask`` (base:allocation: HOLE|ZERO).
     """
     out: list[list[int]] = []
     left = length
@@ -375,7 +376,7 @@ def normalize_extents(extents, length: int, req_one: bool = False) -> list[tuple
         ext_len = min(int(ext_len), left)
         if ext_len <= 0:
             continue
-        ext_flags = int(ext_flags) & (STATE_HOLE | STATE_ZERO)
+        ext_flags = int(ext_flags) & mask
         if out and out[-1][1] == ext_flags:
             out[-1][0] += ext_len
         else:
@@ -388,9 +389,12 @@ def normalize_extents(extents, length: int, req_one: bool = False) -> list[tuple
     return [(a, b) for a, b in out]
 
 
-def block_status_reply(handle: int, context_id: int, extents: list[tuple[int, int]]) -> bytes:
-    """One BLOCK_STATUS chunk with DONE for already normalized extents."""
+def block_status_reply(handle: int, context_id: int, extents: list[tuple[int, int]],
+                       done: bool = True) -> bytes:
+    """One BLOCK_STATUS chunk for already normalized extents (with DONE unless ``done`` is
+    False: a request with several contexts gets one chunk each, DONE on the last)."""
     body = bytearray(U32.pack(context_id))
     for ext_len, ext_flags in extents:
         body += BLOCK_DESCRIPTOR.pack(ext_len, ext_flags)
-    return structured_header(handle, REPLY_TYPE_BLOCK_STATUS, len(body)) + bytes(body)
+    return structured_header(handle, REPLY_TYPE_BLOCK_STATUS, len(body),
+                             REPLY_FLAG_DONE if done else 0) + bytes(body)

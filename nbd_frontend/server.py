@@ -57,6 +57,7 @@ from nbd_frontend.handshake import (
     Aborted,
     ExportRequest,
     ListRequest,
+    MetaContextRequest,
     Ready,
     ServerHandshake,
     StartTls,
@@ -227,6 +228,7 @@ class _Connection:
         self.closing = False
         self._writer = BufferWriter(sock, on_error=self._send_failed)
         self._tx: p.Transmission | None = None
+        self._contexts: tuple = ()  # (id, name) of the meta contexts negotiated
         self._fua_by_export = True
         self._io: dict = {}         # command -> its export's counts (export_timing)
         self._budget = Budget(server.queue_bytes)   # bytes held for admitted requests
@@ -336,7 +338,8 @@ class _Connection:
         could leave a lock behind) and move the deadline back by what they took, so a
         slow catalog never fails a client; ``max_options`` bounds how many there are."""
         server = self.server
-        hs = ServerHandshake(tls=server.tls_context is not None, max_options=server.max_options)
+        hs = ServerHandshake(tls=server.tls_context is not None, max_options=server.max_options,
+                             extra_contexts=hasattr(server.provider, "meta_contexts"))
         deadline = time.monotonic() + server.handshake_timeout_s
         while True:
             event = hs.next_event()
@@ -357,10 +360,12 @@ class _Connection:
                     self.sock.sendall(hs.data_to_send())
                     self._start_tls()
                 hs.tls_started()
-            elif isinstance(event, (ListRequest, ExportRequest)):
+            elif isinstance(event, (ListRequest, ExportRequest, MetaContextRequest)):
                 began = time.monotonic()
                 if isinstance(event, ListRequest):
                     hs.reply_list(self._list_exports())
+                elif isinstance(event, MetaContextRequest):
+                    hs.reply_meta_contexts(self._meta_contexts(event.export))
                 else:
                     self._answer_export(hs, event)
                 deadline += time.monotonic() - began
@@ -397,6 +402,14 @@ class _Connection:
             option_error_for(exc, "list_exports")
             return []
 
+    def _meta_contexts(self, name: str) -> list[str]:
+        """The extra meta contexts export ``name`` offers (none when it is unknown)."""
+        try:
+            return list(self.server.provider.meta_contexts(name))
+        except Exception as exc:
+            option_error_for(exc, "meta_contexts")
+            return []
+
     def _answer_export(self, hs: ServerHandshake, req: ExportRequest) -> None:
         provider = self.server.provider
         try:
@@ -429,6 +442,7 @@ class _Connection:
     # -- transmission -----------------------------------------------------------------
     def _transmission(self, ready: Ready, leftover: bytes) -> None:
         tx = self._tx = ready.transmission()
+        self._contexts = ready.contexts
         self._writer.on_sent = self._freed
         parser = RequestParser()
         if leftover:
@@ -502,6 +516,24 @@ class _Connection:
             if io is not None:
                 io.observe(elapsed, req.length)
 
+    def _block_status(self, export, req: Request) -> bytes:
+        """One BLOCK_STATUS chunk per negotiated context (DONE on the last); every context
+        is asked before anything is sent, so a failure is one error reply."""
+        req_one = bool(req.flags & p.CMD_FLAG_REQ_ONE)
+        contexts = self._contexts or ((p.BASE_ALLOCATION_ID, p.META_BASE_ALLOCATION),)
+        chunks = []
+        for i, (ctx_id, name) in enumerate(contexts):
+            if name == p.META_BASE_ALLOCATION:
+                extents = p.normalize_extents(export.block_status(req.offset, req.length),
+                                              req.length, req_one)
+            else:
+                extents = p.normalize_extents(
+                    export.context_status(name, req.offset, req.length), req.length,
+                    req_one, mask=0xFFFFFFFF)
+            chunks.append(p.block_status_reply(req.handle, ctx_id, extents,
+                                               done=i == len(contexts) - 1))
+        return b"".join(chunks)
+
     def _run(self, req: Request, tx: p.Transmission) -> None:
         export = self.export
         fua = bool(req.flags & p.CMD_FLAG_FUA)
@@ -514,9 +546,7 @@ class _Connection:
                            data)
                 return
             if req.type == p.CMD_BLOCK_STATUS:
-                extents = p.normalize_extents(export.block_status(req.offset, req.length),
-                                              req.length, bool(req.flags & p.CMD_FLAG_REQ_ONE))
-                self._send(p.block_status_reply(req.handle, p.BASE_ALLOCATION_ID, extents))
+                self._send(self._block_status(export, req))
                 return
             if req.type == p.CMD_WRITE:
                 export.write(req.offset, req.payload, fua=fua)

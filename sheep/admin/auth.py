@@ -12,11 +12,13 @@ Order (the first failure answers):
 4. A request with a body must say what it is: ``POST`` needs ``application/json``,
    ``PUT`` ``application/octet-stream`` (a CORS "simple request" cannot send either).
    -> 415.
-5. The body's declared length is at most the cap.  -> 413.
+5. The body's declared length is at most the cap.  -> 413.  Routes that read their body
+   as a stream (``STREAMING``: a restore reads a backup stream piece by piece) have no cap.
 """
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,6 +29,7 @@ from common.secrets import same
 UI_SHELL = frozenset({("GET", "/ui"), ("GET", "/ui/ui.js"), ("GET", "/ui/ui.css")})
 OPEN_ROUTES = frozenset({("GET", "/health"), ("GET", "/metrics")}) | UI_SHELL
 BODY_TYPES = {"POST": "application/json", "PUT": "application/octet-stream"}
+STREAMING = (("PUT", re.compile(r"^/vdis/[^/]+/restore$")),)
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class AdminPolicy:
         refusal = self._check_token(headers.get("HTTP_AUTHORIZATION"))
         if refusal is not None:
             return refusal
-        return self._check_body(method, headers)
+        return self._check_body(method, path, headers)
 
     def _check_token(self, authorization: str | None) -> Refusal | None:
         challenge = (("WWW-Authenticate", 'Bearer realm="sheepdog"'),)
@@ -97,7 +100,7 @@ class AdminPolicy:
             return Refusal(401, "Unauthorized", "wrong admin token", challenge)
         return None
 
-    def _check_body(self, method: str, headers: dict) -> Refusal | None:
+    def _check_body(self, method: str, path: str, headers: dict) -> Refusal | None:
         wanted = BODY_TYPES.get(method)
         if wanted is not None:
             given = (headers.get("CONTENT_TYPE") or "").split(";", 1)[0].strip().lower()
@@ -106,6 +109,8 @@ class AdminPolicy:
                                f"{method} needs Content-Type: {wanted} (got "
                                f"{given or 'none'})")
         length = headers.get("CONTENT_LENGTH")
+        if any(method == m and pattern.match(path) for m, pattern in STREAMING):
+            length = None               # read piece by piece: any length is fine
         if length:
             try:
                 n = int(length)

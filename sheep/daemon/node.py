@@ -45,6 +45,7 @@ from sheep.store import objfile
 from sheep.store.objects import ObjectStore
 from sheep.store.storedir import StoreDir
 from sheep.volumes.handoff import HandoffPolicy
+from sheep.volumes.backup import BackupService
 from sheep.volumes.nbd_exports import VdiExportProvider
 from sheep.volumes.service import VdiService
 from sheep.volumes.snapshots import MAX_HOPS, SnapshotService
@@ -107,6 +108,7 @@ class Sheep:
         self.vdis: VdiService | None = None
         self.exports: VdiExportProvider | None = None
         self.snapshots: SnapshotService | None = None
+        self.backups: BackupService | None = None
         self.nbd = None
         self._session_seen: int | None = None
         self.stage_metrics.watch(self)
@@ -211,6 +213,7 @@ class Sheep:
         self.exports.server = self.nbd
         self.snapshots = SnapshotService(self.vdis, self.locks, self.exports, coord.members,
                                          self.node_id, forward=self._forward_snapshot)
+        self.backups = BackupService(self.vdis, self.node_id)
 
     def _admit_and_open(self, fmt: dict | None) -> None:
         if self.config.gateway:

@@ -116,6 +116,7 @@ class PeerConnection:
                 call = pending.pop(frame.header.get("id"), None)
                 if call is not None:
                     call.complete(frame)
+                frame = call = None     # not kept alive (a payload) while waiting for the next
         except (OSError, SheepError) as exc:
             self._broken(exc, sock)
 

@@ -82,6 +82,7 @@ class PeerServer:
             while True:
                 frame = reader.read_frame()
                 pool.spawn(self._run, writer, frame.header, frame.payload)
+                frame = None            # not kept alive (a payload) while waiting for the next
         except ConnectionError:
             pass
         except (OSError, SheepError) as exc:

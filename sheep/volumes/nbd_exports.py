@@ -12,7 +12,10 @@ holder gives the lock up once it is quiescent and clean, never while dirty.  A h
 that handed over keeps reading and flushing (a no-op), but its writes fail with EPERM.
 A write refused as coming from a superseded generation revokes the export.  At detach
 the lock is given back "clean" when every write reached every replica.  ``NAME@TAG`` or
-``NAME@ID`` is a snapshot, read-only, lock-free.  When the lock disappears while held
+``NAME@ID`` is a snapshot, read-only, lock-free; besides ``base:allocation`` it offers
+the meta context ``x-sheepdog:diff:FROM`` for every other snapshot ``FROM`` of ``NAME``
+(`vdi.diff`: which objects differ from ``FROM``; ``FROM``'s map is read once per
+connection, at its first BLOCK_STATUS).  When the lock disappears while held
 (``collie vdi lock unlock`` or a lost session) the export is revoked at once: every
 later request fails and the NBD server drops that client.
 
@@ -38,18 +41,19 @@ import logging
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from common.errors import Fenced, NotFound, ReadOnly, StaleGeneration, Unavailable
+from common.errors import Fenced, InvalidRequest, NotFound, ReadOnly, StaleGeneration, Unavailable
 from nbd_frontend.export import HOLE, ZERO
 from sheep.volumes.catalog_cache import CatalogCache
 from sheep.volumes.handoff import HandoffPolicy, WriteState
 from sheep.volumes.qos import QosRegistry
 from sheep.volumes.service import validate_name
-from vdi import family
+from vdi import diff, family
 from vdi.qos import READ, WRITE
 from sheep.volumes.write_right import WriteRightMixin
 from vdi.volume import Volume
 
 QUIESCE_TIMEOUT_S = 30.0
+DIFF_CONTEXT = "x-sheepdog:diff:"   # + a snapshot's tag (its id when it has none)
 ATTACH_TRIES = 3            # lookups of an export's entry before attaching gives up
 
 log = logging.getLogger(__name__)
@@ -94,6 +98,7 @@ class VdiExport:
         self._arriving = 0          # mutations started but not yet counted in flight
         self.waiting = 0            # mutations waiting for the write right
         self.taking_since: float | None = None   # when the oldest of them began to wait
+        self.diff_bases: dict = {}  # meta context -> the map of its FROM snapshot
 
     def _check(self) -> None:
         if self.revoked:
@@ -204,6 +209,15 @@ class VdiExport:
         return [(n, HOLE | ZERO if hole else 0)
                 for n, hole in self.volume.block_status(offset, length)]
 
+    def context_status(self, context: str, offset: int, length: int) -> list[tuple[int, int]]:
+        """x-sheepdog:diff:FROM: CHANGED (1) where an object differs from snapshot FROM,
+        | ZERO (2) where it is a hole now, 0 where it is the same object."""
+        self._check()
+        base = self._provider.diff_base(self, context)
+        volume = self.volume
+        return diff.diff_status(base, volume.objmap, volume.size, volume.object_size,
+                                offset, length)
+
     def may_hand_over(self, policy: HandoffPolicy) -> bool:
         """Quiescent and clean: holding the right, nothing arriving or in flight, every
         finished mutation flushed, idle for the policy's time.  (A mutation that failed
@@ -281,6 +295,30 @@ class VdiExportProvider(WriteRightMixin):
             self.catalog_cache.invalidate()
         raise Unavailable(f"export '{name}': its catalog entry kept changing while it was "
                           "attached; try again")
+
+    def meta_contexts(self, name: str) -> list[str]:
+        """Extra meta contexts of export ``name``: a snapshot export offers
+        ``x-sheepdog:diff:FROM`` for each other snapshot of its VDI; others none."""
+        base, tag = split_export_name(name)
+        if tag is None:
+            return []
+        try:
+            this = self._entry(name)
+        except (NotFound, InvalidRequest):
+            return []
+        return [DIFF_CONTEXT + str(e.get("tag") or e.get("snap_id"))
+                for e in self.catalog_cache.entries()
+                if e["name"] == base and e.get("snapshot") and e["vid"] != this["vid"]]
+
+    def diff_base(self, export: VdiExport, context: str):
+        """The object map of the FROM snapshot of ``context`` (read once per export)."""
+        found = export.diff_bases.get(context)
+        if found is None:
+            if export.working or not context.startswith(DIFF_CONTEXT):
+                raise InvalidRequest(f"export '{export.name}' has no meta context '{context}'")
+            entry = self._entry(f"{export.entry['name']}@{context[len(DIFF_CONTEXT):]}")
+            found = export.diff_bases[context] = self.vdis.read_map(entry)
+        return found
 
     def describe(self, name: str) -> tuple[int, bool]:
         entry = self._entry(name)

@@ -18,7 +18,7 @@ ALLOWED = {
     "coordinator": {"common"},
     "vdi": {"common", "coordinator.ring"},
     "nbd_frontend": {"common"},
-    "collie": set(),                    # talks HTTP only
+    "collie": {"vdi.backup"},           # talks HTTP only; shares the backup stream codec
     "sheepdog_local": {"collie"},       # runs processes; shares collie's token file
     "sheep.store": {"common"},
     "sheep.peer": {"common"},
@@ -34,7 +34,8 @@ PROJECT = {u.split(".")[0] for u in ALLOWED}
 
 # modules that stay pure: no event loop, no sockets, no ZooKeeper, no HTTP
 PURE = ["common/errors.py", "coordinator/ring.py", "coordinator/layout.py", "vdi/objects.py",
-        "vdi/inode.py", "vdi/vid.py", "vdi/family.py", "vdi/volume.py", "vdi/qos.py",
+        "vdi/inode.py", "vdi/vid.py", "vdi/family.py", "vdi/volume.py", "vdi/backup.py",
+        "vdi/diff.py", "vdi/qos.py",
         "nbd_frontend/protocol.py", "nbd_frontend/handshake.py", "sheep/store/objfile.py",
         "sheep/recovery/throttle.py", "sheep/replication/activity.py", "sheep/peer/wire.py",
         "sheep/peer/auth.py"]

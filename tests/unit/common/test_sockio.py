@@ -114,3 +114,35 @@ def test_a_busy_connection_reads_in_bigger_gulps(pair):
     got = b"".join(bytes(reader.take(64)) for _ in range(len(data) // 64))
     assert got == data
     assert reader.allocated_bytes > 512       # full recvs doubled it
+
+
+def test_a_grown_buffer_shrinks_once_the_connection_waited_idle(pair, monkeypatch):
+    import common.sockio as sockio
+    monkeypatch.setattr(sockio, "SHRINK_AFTER_IDLE_S", 0.05)
+    a, b = pair
+    reader = SocketReader(b, buffer_bytes=256 << 10, initial_bytes=16 << 10)
+    burst = os.urandom(200 << 10)
+    a.sendall(burst)
+    assert bytes(reader.take(200 << 10)) == burst        # a piece that needed a big buffer
+    assert reader.allocated_bytes >= 200 << 10
+    gevent.spawn_later(0.01, a.sendall, b"quick")         # waited less than the idle time
+    assert bytes(reader.take(5)) == b"quick"
+    assert reader.allocated_bytes >= 200 << 10
+    gevent.spawn_later(0.2, a.sendall, b"after a rest")
+    assert bytes(reader.take(12)) == b"after a rest"
+    assert reader.allocated_bytes == 16 << 10
+    big = os.urandom(100 << 10)                           # and it grows again when needed
+    gevent.spawn_later(0.2, a.sendall, big)
+    assert bytes(reader.take(100 << 10)) == big
+
+
+def test_a_piece_larger_than_the_small_buffer_is_never_cut_by_a_shrink(pair, monkeypatch):
+    import common.sockio as sockio
+    monkeypatch.setattr(sockio, "SHRINK_AFTER_IDLE_S", 0.0)
+    a, b = pair
+    reader = SocketReader(b, buffer_bytes=256 << 10, initial_bytes=16 << 10)
+    a.sendall(b"x" * (64 << 10))
+    assert len(reader.take(64 << 10)) == 64 << 10
+    piece = os.urandom(40 << 10)
+    gevent.spawn_later(0.05, a.sendall, piece)
+    assert bytes(reader.take(40 << 10)) == piece

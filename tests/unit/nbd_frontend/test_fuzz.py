@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from nbd_frontend import protocol as p
 from nbd_frontend.handshake import (CLOSED, TRANSMISSION, Aborted, ExportRequest, ListRequest,
-                                    Ready, ServerHandshake)
+                                    MetaContextRequest, Ready, ServerHandshake)
 from nbd_frontend.protocol import NEED_DATA, NbdProtocolError, Request, RequestParser
 
 FUZZ = settings(max_examples=400, deadline=None,
@@ -34,6 +34,8 @@ VALID_OPTIONS = st.sampled_from([
     opt(p.OPT_SET_META_CONTEXT, meta_data(b"disk", b"base:allocation")),
     opt(p.OPT_GO, go_data(b"disk", 3)), opt(p.OPT_EXPORT_NAME, b"disk"), opt(p.OPT_ABORT),
     opt(99, b"whatever"), opt(p.OPT_STARTTLS),
+    opt(p.OPT_LIST_META_CONTEXT, meta_data(b"disk@s", b"x-sheepdog:")),
+    opt(p.OPT_SET_META_CONTEXT, meta_data(b"disk@s", b"x-sheepdog:diff:a", b"base:allocation")),
 ])
 
 
@@ -42,9 +44,9 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip(points, points[1:])]
 
 
-def drive_handshake(chunks, decisions) -> ServerHandshake:
+def drive_handshake(chunks, decisions, extra: bool = False) -> ServerHandshake:
     """Feed chunks, answering events with the given decisions; only NbdProtocolError may escape."""
-    hs = ServerHandshake()
+    hs = ServerHandshake(extra_contexts=extra)
     hs.data_to_send()
     choice = iter(decisions)
     try:
@@ -55,6 +57,8 @@ def drive_handshake(chunks, decisions) -> ServerHandshake:
             while (ev := hs.next_event()) is not NEED_DATA:
                 if isinstance(ev, ListRequest):
                     hs.reply_list(["a", "b\u00e9"])
+                elif isinstance(ev, MetaContextRequest):
+                    hs.reply_meta_contexts(["x-sheepdog:diff:a", "x-sheepdog:diff:\u00e9"])
                 elif isinstance(ev, ExportRequest):
                     if next(choice, True):
                         hs.accept_export(1 << 20, False)
@@ -79,8 +83,8 @@ def test_handshake_random_bytes(data, cuts, decisions):
 @FUZZ
 @given(st.lists(VALID_OPTIONS, max_size=8), st.binary(max_size=60),
        st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255), st.sampled_from("fid")), max_size=6),
-       st.lists(st.integers(0, 2000), max_size=6), st.lists(st.booleans()))
-def test_handshake_mutated_valid_sequences(options, tail, mutations, cuts, decisions):
+       st.lists(st.integers(0, 2000), max_size=6), st.lists(st.booleans()), st.booleans())
+def test_handshake_mutated_valid_sequences(options, tail, mutations, cuts, decisions, extra):
     data = bytearray(struct.pack("!I", 3) + b"".join(options) + tail)
     for pos, value, kind in mutations:
         pos %= len(data) + 1
@@ -90,7 +94,7 @@ def test_handshake_mutated_valid_sequences(options, tail, mutations, cuts, decis
             data[pos:pos] = bytes([value])
         elif kind == "d":
             del data[pos:pos + 1 + value % 8]
-    drive_handshake(chunked(bytes(data), cuts), decisions)
+    drive_handshake(chunked(bytes(data), cuts), decisions, extra)
 
 
 @FUZZ

@@ -98,7 +98,8 @@ def test_structured_reply_then_set_meta_context_then_go():
         + rep(7, p.REP_INFO, b"\x00\x01disk")
         + rep(7, p.REP_ACK))
     [ready] = events(hs)
-    assert ready == Ready("disk", 1 << 20, False, True, frozenset({1}), flags)
+    assert ready == Ready("disk", 1 << 20, False, True, frozenset({1}), flags,
+                          ((1, "base:allocation"),))
     assert hs.state == TRANSMISSION
     assert hs.next_event() is NEED_DATA
 
@@ -245,7 +246,7 @@ def test_list_meta_context(queries, listed):
     hs = started()
     hs.receive_data(opt(p.OPT_LIST_META_CONTEXT, meta_data("disk", *queries)))
     events(hs)
-    ctx = rep(9, p.REP_META_CONTEXT, b"\x00\x00\x00\x01base:allocation")
+    ctx = rep(9, p.REP_META_CONTEXT, b"\x00\x00\x00\x00base:allocation")  # LIST: id 0
     assert hs.data_to_send() == (ctx if listed else b"") + rep(9, p.REP_ACK)
 
 

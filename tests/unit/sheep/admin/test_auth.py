@@ -86,3 +86,15 @@ def test_a_declared_body_over_the_cap_is_413():
     assert p.check("POST", "/vdis", big).status == 413
     bad = env(CONTENT_TYPE="application/json", CONTENT_LENGTH="x")
     assert p.check("POST", "/vdis", bad).status == 400
+
+
+def test_a_restore_reads_its_body_as_a_stream_and_has_no_cap():
+    p = policy(max_body=1000)
+    huge = env(CONTENT_TYPE="application/octet-stream", CONTENT_LENGTH=str(1 << 40))
+    assert p.check("PUT", "/vdis/vm/restore", huge) is None
+    assert p.check("PUT", "/vdis/vm/data", huge).status == 413
+    # still a token and the right type
+    assert p.check("PUT", "/vdis/vm/restore", {**huge, "HTTP_AUTHORIZATION": "Bearer x"}
+                   ).status == 401
+    assert p.check("PUT", "/vdis/vm/restore", {**huge, "CONTENT_TYPE": "text/plain"}
+                   ).status == 415

@@ -2,6 +2,8 @@
 gathered, timeouts, failures."""
 from __future__ import annotations
 
+import sys
+
 import gevent
 import pytest
 from gevent.event import Event
@@ -94,3 +96,20 @@ def test_an_unreachable_peer_is_unavailable_at_once(peers):
     _make, pool = peers
     with pytest.raises(Unavailable):
         pool.start("127.0.0.1", 1, {"op": "echo"})
+
+
+def test_neither_side_keeps_a_large_payload_alive_after_its_request(peers):
+    make, pool = peers
+    a = make()
+    kept = []
+    served = a.handle
+    a.server._handler = lambda header, payload: (kept.append(payload), served(header, payload))[1]
+    frame = pool.start("127.0.0.1", a.server.port, {"op": "echo", "n": 1},
+                       b"z" * (1 << 20)).get(5)
+    payload = frame.payload
+    del frame
+    assert bytes(payload[:1]) == b"z" and len(payload) == 1 << 20
+    # the client's reader dropped the reply, the server's reader and its parked worker the request
+    assert sys.getrefcount(payload) == 2
+    request = kept.pop()
+    assert sys.getrefcount(request) == 2

@@ -1,0 +1,311 @@
+"""Incremental backup and restore of VDIs: the changed ranges between two snapshots, and
+applying a backup stream (`vdi.backup`) onto a VDI.
+
+Backup
+    ``diff(name, to, from)`` compares two snapshots' maps (`vdi.diff.changed_extents`)
+    and answers the ranges and the stream's header; collie reads the data of the
+    ranges through the snapshot data route and writes the stream.  Snapshots never
+    change, so nothing is locked.
+
+Restore (theory of operation)
+    A stream is applied onto the working VDI ``W`` of ``NAME`` and the result becomes
+    snapshot ``TAG`` of ``NAME`` plus a working VDI equal to it; ``W`` itself is never
+    written, so a stream that turns out corrupt (or any failure half-way) leaves
+    ``NAME`` exactly as it was:
+
+    1. the header is read and checked: for an incremental stream ``W`` must be at the
+       stream's base (`vdi.diff.base_problem`: its parent snapshot has the base's state
+       and ``W``'s map still equals that snapshot's); a full stream needs ``W`` no
+       larger than the result and, unless forced, holding no objects of its own (data
+       written since it was created or last snapshotted, which the restore discards);
+    2. ``W``'s write right is taken for the whole restore (no attach can write it, no
+       snapshot or rollback can change it), and the checks run again under it;
+    3. a new *hidden* entry ``N`` is made with a copy of ``W``'s map (the vid CAS, as a
+       snapshot makes one); it has no ``replaces``, so nothing ever shows it;
+    4. the records are written into ``N`` as they arrive (zero ranges are trimmed:
+       whole objects become holes, partial ones are written with zeros);
+    5. only when the decoder reached the end and the checksum matched, and ``N`` is
+       flushed, ``N`` is flipped into snapshot ``TAG`` of ``NAME`` (its ``backup_state``
+       the stream's ``to`` state, so a later increment can check its base), and ``W`` is
+       replaced by a clone of it as a rollback would (a new hidden entry that replaces
+       ``W``, then ``W`` marked deleted: ``W`` owned nothing when the check passed);
+    6. on any failure before step 5, ``N`` is marked deleted and reclaimed.
+
+    A sheep that dies during step 4 leaves ``N`` hidden (invisible, but its objects
+    stay); the next restore of the same name, holding ``W``'s write right, knows no
+    other restore can be running and deletes such leftovers (``restoring`` entries).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+from gevent.pool import Pool
+
+from common.errors import AlreadyExists, InvalidRequest, Locked, NotFound, SheepError
+from sheep.volumes.snapshots import validate_tag
+from vdi import backup, diff, family, objects
+from vdi.volume import Volume
+
+log = logging.getLogger(__name__)
+
+READ_BYTES = 1 << 20            # one read of the request body
+WRITERS = 4                     # records written at once
+
+
+class BackupService:
+    def __init__(self, vdis, node_id: str = "") -> None:
+        self.vdis = vdis
+        self.node_id = node_id
+
+    def cluster_id(self):
+        """What makes this cluster's snapshot states its own: its format's creation time."""
+        return self.vdis.format().get("created")
+
+    def ident(self, entry: dict) -> dict:
+        """A snapshot as a stream's header names it (``state`` decides; the rest informs)."""
+        return {"name": entry["name"], "tag": entry.get("tag") or "",
+                "snap_id": entry.get("snap_id"), "vid": entry["vid"], "size": entry["size"],
+                "created": entry.get("snap_created") or entry.get("created"),
+                "state": diff.snapshot_state(entry, self.cluster_id())}
+
+    # -- backup ------------------------------------------------------------------------------
+    def diff(self, name: str, to_tag: str, from_tag: str | None = None) -> dict:
+        """The ranges of snapshot ``to_tag`` that differ from snapshot ``from_tag`` (all of
+        them without one), and the header of the stream that carries them."""
+        to = self.vdis.snapshot(name, to_tag)
+        base = self.vdis.snapshot(name, from_tag) if from_tag not in (None, "") else None
+        if base is not None and base["size"] > to["size"]:
+            raise InvalidRequest(f"{diff.describe(base)} is larger than {diff.describe(to)}: "
+                                 "a stream only goes from a smaller or equal size to a larger")
+        object_size = 1 << to["block_size_shift"]
+        to_map = self.vdis.read_map(to)
+        from_map = self.vdis.read_map(base) if base is not None else None
+        extents = diff.changed_extents(from_map, to_map, to["size"], object_size)
+        header = {"format": backup.FORMAT, "name": name, "size": to["size"],
+                  "object_size": object_size, "created": time.time(), "to": self.ident(to),
+                  "from": self.ident(base) if base is not None else None}
+        return {"header": backup.check_header(header),
+                "extents": [[e.offset, e.length, "zero" if e.zero else "data"] for e in extents],
+                "data_bytes": sum(e.length for e in extents if not e.zero),
+                "zero_bytes": sum(e.length for e in extents if e.zero)}
+
+    # -- restore: checks ---------------------------------------------------------------------
+    def check(self, name: str, tag, header, force: bool = False) -> dict:
+        """What ``restore`` would refuse before reading any data: the same error, or
+        ``{"target", "base"}``."""
+        tag = self._tag(tag)
+        header = backup.check_header(header)
+        working = self.vdis.working(name)
+        self.vdis.refuse_if_locked(working, "restore")
+        self._check_target(working, tag, header, force)
+        return {"target": working, "base": header.get("from")}
+
+    @staticmethod
+    def _tag(tag) -> str:
+        tag = validate_tag(tag)
+        if not tag:
+            raise InvalidRequest("restore needs the tag of the snapshot it makes (-s TAG)")
+        return tag
+
+    def _check_target(self, working: dict, tag: str, header: dict, force: bool):
+        """Refuse a target the stream cannot be applied to; returns the target's map."""
+        name = working["name"]
+        if any(e["name"] == name and e.get("snapshot") and e.get("tag") == tag
+               for e in family.visible(self.vdis.all_entries())):
+            raise AlreadyExists(f"VDI '{name}' already has a snapshot tagged '{tag}'")
+        target_map = self.vdis.read_map(working)
+        base = header.get("from")
+        if base is None:
+            if working["size"] > header["size"]:
+                raise InvalidRequest(f"VDI '{name}' ({working['size']} bytes) is larger than "
+                                     f"the backup ({header['size']} bytes): volumes only grow")
+            own = target_map.owned_by(working["vid"])
+            if own and not force:
+                raise InvalidRequest(f"VDI '{name}' holds {own} objects written since it was "
+                                     "created or last snapshotted; a full restore discards "
+                                     "them (pass -f to go ahead)")
+            return target_map
+        parent, parent_map = self._parent(working)
+        problem = diff.base_problem(working, target_map, parent, parent_map, base,
+                                    self.cluster_id())
+        if problem:
+            raise InvalidRequest(problem)
+        return target_map
+
+    def _parent(self, working: dict):
+        if not working.get("parent"):
+            return None, None
+        try:
+            parent = self.vdis.catalog.get(working["parent"])
+            return parent, self.vdis.read_map(parent)
+        except NotFound:
+            return None, None
+
+    # -- restore -----------------------------------------------------------------------------
+    def restore(self, name: str, tag, read, force: bool = False) -> dict:
+        """Apply the stream ``read(n)`` returns (b"" at its end) onto VDI ``name`` and make
+        the result snapshot ``tag``; returns ``{"snapshot", "working", "records",
+        "data_bytes", "zero_bytes"}``.  StreamError for a bad stream (nothing visible
+        changed), InvalidRequest when the target is not the stream's base."""
+        tag = self._tag(tag)
+        decoder = backup.StreamDecoder()
+        try:
+            return self._restore(name, tag, decoder, read, force)
+        except backup.StreamError as exc:
+            raise backup.StreamError(f"{exc.message}; nothing was restored") from None
+
+    def _restore(self, name: str, tag: str, decoder, read, force: bool) -> dict:
+        header, pending = _read_header(decoder, read)
+        working = self.vdis.working(name)
+        self.vdis.refuse_if_locked(working, "restore")
+        self._check_target(working, tag, header, force)
+        try:
+            writer = self.vdis.take(working, "restore")
+        except Locked as exc:
+            raise Locked(f"cannot restore VDI '{name}': it is attached ({exc.message})",
+                         holder=exc.data.get("holder")) from None
+        try:
+            self.vdis.refuse_if_attached(working, "restore")      # again, with the lock
+            self._abandon_leftovers(name)
+            target_map = self._check_target(working, tag, header, force)
+            result = self._restore_locked(working, target_map, tag, header, decoder, pending,
+                                          read)
+        finally:
+            self.vdis.give_back(writer)
+            self.vdis.reclaimer.kick()      # the replaced VDI, or a discarded attempt
+        log.info("vdi=%s restored from %s stream (%d records, %d data bytes): snapshot %r "
+                 "vid=%06x", name, "a full" if backup.is_full(header) else "an incremental",
+                 result["records"], result["data_bytes"], tag, result["snapshot"]["vid"])
+        return result
+
+    def _restore_locked(self, working, target_map, tag, header, decoder, pending, read):
+        size = header["size"]
+        object_size = 1 << working["block_size_shift"]
+        new = self.vdis.allocate({
+            "name": working["name"], "size": size, "copies": working["copies"],
+            "created": time.time(), "snap_id": working.get("snap_id"), "tag": "",
+            "parent": working.get("parent") or 0, "snapshot": False,
+            "block_size_shift": working["block_size_shift"], "hidden": True,
+            "restoring": self.node_id or True})
+        committed = False
+        try:
+            objmap = target_map.copy()
+            objmap.extend(objects.nr_indexes(size, object_size))
+            self.vdis.write_inode(new, objmap)
+            volume = Volume(new["vid"], size, object_size, int(working["copies"]),
+                            self.vdis.unlocked_writer(new["vid"]), objmap)
+            end = _apply(decoder, pending, read, volume)
+            volume.flush()
+            snapshot = self._freeze(working, new, tag, header)
+            committed = True
+        finally:
+            if not committed:
+                self._discard(new)
+        return {"snapshot": snapshot, "working": self._switch(working, snapshot, objmap),
+                "records": end.records, "data_bytes": end.data_bytes,
+                "zero_bytes": end.zero_bytes}
+
+    def _freeze(self, working: dict, new: dict, tag: str, header: dict) -> dict:
+        """The restored entry becomes snapshot ``tag`` of the name (visible from now on)."""
+        entries = self.vdis.all_entries()
+        if any(e["name"] == working["name"] and e.get("snapshot") and e.get("tag") == tag
+               for e in family.visible(entries)):
+            raise AlreadyExists(f"VDI '{working['name']}' already has a snapshot tagged "
+                                f"'{tag}'")
+        snap_id = max(int(working.get("snap_id") or 1),
+                      family.next_snap_id(entries, working["name"]))
+        now = time.time()
+        snap = {k: v for k, v in new.items() if k not in ("hidden", "replaces", "restoring")}
+        snap.update({"snapshot": True, "tag": tag, "snap_id": snap_id, "snap_created": now,
+                     "backup_state": header["to"]["state"],
+                     "restored": {"from": (header.get("from") or {}).get("state"),
+                                  "source": header["name"], "tag": header["to"].get("tag"),
+                                  "at": now}})
+        self.vdis.catalog.update(new["vid"], snap)
+        return snap
+
+    def _switch(self, working: dict, snap: dict, objmap) -> dict:
+        """Replace the working VDI by a clone of the restored snapshot (a rollback to it)."""
+        name = working["name"]
+        try:
+            new = self.vdis.allocate({
+                "name": name, "size": snap["size"], "copies": snap["copies"],
+                "created": time.time(), "tag": "", "parent": snap["vid"], "snapshot": False,
+                "snap_id": int(snap["snap_id"]) + 1,
+                "block_size_shift": snap["block_size_shift"], "hidden": True,
+                "replaces": working["vid"]})
+            try:
+                self.vdis.write_inode(new, objmap.copy())
+                self.vdis.mark_deleted(working)
+            except BaseException:
+                self.vdis.forget(new)
+                raise
+            return self.vdis.publish(new)
+        except SheepError as exc:
+            raise type(exc)(f"VDI '{name}' was restored as snapshot '{snap['tag']}', but its "
+                            f"working VDI was not switched to it ({exc.message}): run collie "
+                            f"vdi rollback -s {snap['tag']} {name}") from None
+
+    def _discard(self, entry: dict) -> None:
+        try:
+            self.vdis.mark_deleted(entry)
+        except Exception as exc:    # the next restore of this name deletes it
+            log.warning("vdi=%s vid=%06x: discarding a failed restore failed: %s",
+                        entry["name"], entry["vid"], exc)
+
+    def _abandon_leftovers(self, name: str) -> None:
+        """Hidden entries of earlier restores of ``name`` that never finished: with the
+        working VDI's write right held here, no restore of this name runs elsewhere."""
+        for e in self.vdis.all_entries():
+            if e["name"] == name and e.get("hidden") and e.get("restoring") \
+                    and family.is_live(e):
+                log.warning("vdi=%s vid=%06x: deleting the leftover of a restore that did not "
+                            "finish (node %s)", name, e["vid"], e.get("restoring"))
+                self._discard(e)
+
+
+def _read_header(decoder: backup.StreamDecoder, read) -> tuple[dict, list]:
+    """Feed the decoder until the header is decoded; (header, the events after it)."""
+    while True:
+        chunk = read(READ_BYTES)
+        if not chunk:
+            decoder.close()                 # raises: the stream ended in its header
+        events = decoder.feed(chunk)
+        if events:
+            first, rest = events[0], events[1:]
+            return first.header, rest
+
+
+def _apply(decoder: backup.StreamDecoder, pending: list, read, volume: Volume) -> backup.End:
+    """Write the records into ``volume`` (a few at once) until the end of the stream;
+    returns the `End` event.  On any error the writes in flight finish first, so
+    nothing is written after this returns or raises."""
+    pool = Pool(WRITERS)
+    jobs: list = []
+
+    def submit(fn, *args) -> None:
+        for job in jobs:
+            if job.ready() and job.exception is not None:
+                raise job.exception
+        jobs[:] = [j for j in jobs if not j.ready()]
+        jobs.append(pool.spawn(fn, *args))
+
+    try:
+        events = list(pending)
+        while True:
+            for event in events:
+                if isinstance(event, backup.Data):
+                    submit(volume.write, event.offset, event.data)
+                elif isinstance(event, backup.Zero):
+                    submit(volume.trim, event.offset, event.length)
+                elif isinstance(event, backup.End):
+                    gevent.joinall(jobs, raise_error=True)
+                    return event
+            chunk = read(READ_BYTES)
+            if not chunk:
+                decoder.close()             # raises: the stream ended before its end record
+            events = decoder.feed(chunk)
+    finally:
+        pool.join()
