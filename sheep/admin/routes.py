@@ -6,7 +6,7 @@ import logging
 import gevent
 
 from common.errors import InvalidRequest, NotFound, SheepError
-from sheep.admin import routes_recovery, routes_volumes, ui
+from sheep.admin import routes_balance, routes_recovery, routes_volumes, ui
 from sheep.admin.app import Request, Response, Router, volume_range_response
 from sheep.admin.metrics import METRICS_CONTENT_TYPE, render_metrics
 
@@ -35,6 +35,7 @@ def build_router(sheep) -> Router:
     r.add("GET", "/health", api.health)
     routes_volumes.register(r, sheep)
     routes_recovery.register(r, sheep)
+    routes_balance.register(r, sheep)
     ui.register(r, sheep)
     return r
 
