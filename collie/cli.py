@@ -511,6 +511,7 @@ def build_parser() -> Parser:
     p = add(vdi, "check", cmd_vdi_check, "check and repair a VDI's replicas")
     p.add_argument("name")
     p.add_argument("-e", "--report-only", action="store_true", help="only report, repair nothing")
+    cmd_balance.register_vdi(vdi, add, _typed)
     lock = commands(vdi.add_parser("lock", help="VDI locks"), dest="lock_command")
     add(lock, "list", cmd_vdi_lock_list, "list locked VDIs")
     add(lock, "unlock", cmd_vdi_lock_unlock, "force-release a VDI's lock").add_argument("name")

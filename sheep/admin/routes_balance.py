@@ -3,11 +3,13 @@
 | method, path | body | answer |
 |---|---|---|
 | POST /node/weight | ``{"weight": W}`` (1..MAX_WEIGHT) | ``{"node_id", "weight", "old_weight"}`` |
+| POST /vdis/NAME/copies | ``{"copies": N}`` | ``{"name", "copies", "old_copies", "changed", "epoch"}`` |
 
 The route changes the weight of the sheep that serves it (collie sends it to the named
 node's own admin port): the member znode is rewritten and the leader makes a new epoch, whose
 recovery moves objects to or from this node only.  Weight 0 is a gateway (no store): refused,
-as is any change on a gateway, which has no store to fill.
+as is any change on a gateway, which has no store to fill.  The copies of a VDI and its
+snapshots: `sheep.volumes.redundancy`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import logging
 
 from common.errors import InvalidRequest
 from sheep.admin.app import Request, Router
+from sheep.volumes import redundancy
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,7 @@ MAX_WEIGHT = 1000       # 128 000 virtual nodes for this member: ring builds sta
 def register(r: Router, sheep) -> None:
     """Add this module's routes for one `sheep.daemon.node.Sheep`."""
     r.add("POST", "/node/weight", lambda req: set_weight(sheep, req))
+    r.add("POST", "/vdis/<name>/copies", lambda req: alter_copies(sheep, req))
 
 
 def parse_weight(body) -> int:
@@ -50,3 +54,11 @@ def set_weight(sheep, req: Request) -> dict:
     member = sheep.coordinator.set_weight(weight)
     sheep.member = member
     return {"node_id": member.node_id, "weight": member.weight, "old_weight": old.weight}
+
+
+def alter_copies(sheep, req: Request) -> dict:
+    name = req.params["name"]
+    body = req.json()
+    copies = body.get("copies") if isinstance(body, dict) else None
+    return redundancy.alter_copies(sheep.vdis, sheep.coordinator, sheep.epochs, name, copies,
+                                   client=f"alter-copy@{sheep.node_id}")
