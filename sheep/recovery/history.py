@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Iterable
 
-from common.errors import SheepError, Unavailable
+from common.errors import SheepError
 from coordinator.ring import Member
 from sheep.replication.epoch import EpochView
 
@@ -107,7 +107,6 @@ class HistoryLoader:
         self._markers = markers
         self._me = me                   # this process's member value
         self._views: dict[int, EpochView] = {}
-        self._seqs: dict[int, int] = {}
         self._last: tuple[int, History | None] | None = None
 
     def __call__(self, view: EpochView) -> History | None:
@@ -126,13 +125,6 @@ class HistoryLoader:
         k = self._markers.complete_epoch(before=view.epoch)
         if k is None or view.epoch - k > MAX_RINGS:
             return None
-        if len({self._placement_seq(n) for n in range(k, view.epoch + 1)}) > 1:
-            # copies changed since K (``collie vdi alter-copy``): the rings of K..E-1 with
-            # today's copies are not where the copies were; a raise's new holders would
-            # pass for continuous.  Ask every member about everything, once.
-            log.info("epoch=%d copies changed since epoch %d: asking every member",
-                     view.epoch, k)
-            return None
         past = []
         for n in range(k, view.epoch):
             v = self._views.get(n)
@@ -144,13 +136,11 @@ class HistoryLoader:
             past.append(v)
         for n in [n for n in self._views if n < k]:
             del self._views[n]
+        if any(v.placement_seq != view.placement_seq for v in past):
+            # copies changed since K (``collie vdi alter-copy``): the rings of K..E-1 with
+            # today's copies are not where the copies were, and a raise's new holders
+            # would pass for continuous.  Ask every member about everything, this once.
+            log.info("epoch=%d copies changed since epoch %d: asking every member",
+                     view.epoch, k)
+            return None
         return History(self.node_id, k, tuple(past), view, self._me)
-
-    def _placement_seq(self, n: int) -> int:
-        """Epoch ``n``'s ``placement_seq`` (bumped by a copies change), read once."""
-        if n not in self._seqs:
-            record = self._markers.epoch(n)
-            if record is None:
-                raise Unavailable(f"epoch {n} record missing")
-            self._seqs[n] = int(record.get("placement_seq") or 0)
-        return self._seqs[n]

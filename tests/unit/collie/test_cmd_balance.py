@@ -73,3 +73,37 @@ def test_unknown_nodes_and_gateways_are_refused(name, code):
     with pytest.raises(CollieError) as err:
         cmd_balance.cmd_node_weight(Client(), args(name, 2), client_factory=None)
     assert err.value.exit_code == code
+
+
+class VdiClient:
+    def __init__(self, changed=1):
+        self.changed, self.gets = changed, 0
+
+    def post(self, path, body):
+        assert path == "/vdis/vol/copies"
+        return {"name": "vol", "copies": body["copies"], "old_copies": 2,
+                "changed": self.changed, "epoch": 5}
+
+    def get(self, path):
+        assert path == "/recovery"
+        self.gets += 1
+        done = self.gets > 1
+        node = {"state": "complete" if done else "recovering", "epoch": 5 if done else 4}
+        return {"state": node["state"], "epoch": node["epoch"], "nodes": [node]}
+
+
+def test_alter_copy_waits_for_the_recovery_with_progress_on_stderr(capsys):
+    client = VdiClient()
+    args = cli.parse_args(["vdi", "alter-copy", "vol", "-c", "3", "--interval", "0"])
+    assert cmd_balance.cmd_vdi_alter_copy(client, args) == Exit.OK
+    out = capsys.readouterr()
+    assert client.gets == 2 and out.err
+    assert "copies 2 -> 3 (1 VDI entries), recovery at epoch 5 done" in out.out
+
+
+def test_alter_copy_no_wait_and_bad_counts(capsys):
+    client = VdiClient()
+    args = cli.parse_args(["vdi", "alter-copy", "vol", "-c", "1", "--no-wait"])
+    assert cmd_balance.cmd_vdi_alter_copy(client, args) == Exit.OK and client.gets == 0
+    assert cli.main(["vdi", "alter-copy", "vol", "-c", "0"]) == Exit.USAGE
+    assert cli.main(["vdi", "alter-copy", "vol"]) == Exit.USAGE
