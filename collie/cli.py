@@ -20,7 +20,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from collie import backup, cmd_qos, render
+from collie import backup, cmd_balance, cmd_qos, render
 from collie.client import AdminClient, CollieError, Exit, quoted, vdi_path
 from collie.progress import Progress, watch_recovery
 from collie.sizes import format_size, parse_size
@@ -474,6 +474,7 @@ def build_parser() -> Parser:
                    help="refresh until recovery is complete (--json: one JSON document per line)")
     p.add_argument("--interval", type=_typed(_seconds), default=1.0,
                    help="seconds between refreshes with --watch (default 1)")
+    cmd_balance.register(node, add, _typed)
 
     vdi = commands(groups.add_parser("vdi", help="virtual disk image operations"))
     p = add(vdi, "create", cmd_vdi_create, "create a VDI")
@@ -512,6 +513,7 @@ def build_parser() -> Parser:
     p.add_argument("name")
     p.add_argument("-e", "--report-only", action="store_true", help="only report, repair nothing")
     cmd_qos.register(vdi, add)
+    cmd_balance.register_vdi(vdi, add, _typed)
     lock = commands(vdi.add_parser("lock", help="VDI locks"), dest="lock_command")
     add(lock, "list", cmd_vdi_lock_list, "list locked VDIs")
     add(lock, "unlock", cmd_vdi_lock_unlock, "force-release a VDI's lock").add_argument("name")

@@ -5,7 +5,8 @@ Theory of operation
 Membership.  ``start()`` registers the ephemeral ``/members/<node_id>`` whose value is the
 node's ``Member.to_dict()``.  The znode lives exactly as long as the ZooKeeper session, so
 a crashed or partitioned node leaves the member set about one session timeout later.
-Member values never change during a session (a restart makes a new znode).
+Member values change during a session only through ``set_weight`` (``collie node weight``);
+the leader watches every member's value, so a new weight makes a new epoch like a join.
 
 Election.  Every node contends in a kazoo ``Election`` on ``/leader`` with its node id as
 identifier; the first contender in sequence order leads.  Only the leader writes epochs.
@@ -62,6 +63,7 @@ greenlets per Coordinator (epoch follower, election runner, re-joiner).  Not thr
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -326,6 +328,21 @@ class Coordinator(LeaderMixin, ClusterStateMixin):
                 raise AlreadyExists(f"node id {self.node_id} is registered by another live session "
                                     f"{stat.ephemeralOwner:#x}", node_id=self.node_id)
 
+    def set_weight(self, weight: int) -> Member:
+        """Change this member's weight at run time: rewrite its member znode (the leader,
+        watching member values, makes a new epoch).  The new value is kept for a re-registration
+        after a lost session; a restart takes ``--weight`` again."""
+        old = self.member
+        self.member = dataclasses.replace(old, weight=int(weight))
+        try:
+            with zk_unavailable("set weight"):
+                self.client.set(self.layout.member(self.node_id), encode(self.member.to_dict()))
+        except SheepError:
+            self.member = old
+            raise
+        log.warning("weight node=%s %d -> %d", self.node_id, old.weight, self.member.weight)
+        return self.member
+
     def _session_id(self) -> int:
         client_id = self.client.client_id
         return client_id[0] if client_id else 0
@@ -334,7 +351,7 @@ class Coordinator(LeaderMixin, ClusterStateMixin):
         """Every member's value (the reads in flight together: one round trip, not N)."""
         out = []
         names = sorted(self.client.get_children(self.layout.members, watch=watch))
-        reads = [self.client.get_async(self.layout.member(n)) for n in names]
+        reads = [self.client.get_async(self.layout.member(n), watch=watch) for n in names]
         for read in reads:
             try:
                 data, _ = read.get()

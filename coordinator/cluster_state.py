@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import time
 
+from gevent.event import Event
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
-from common.errors import AlreadyExists, InvalidRequest, NotReady
+from common.errors import AlreadyExists, InvalidRequest, NotReady, Unavailable
 from coordinator.catalog import zk_unavailable
 from coordinator.layout import decode, encode, epoch_numbers
 
@@ -105,6 +106,27 @@ class ClusterStateMixin:
                 except BadVersionError:
                     continue
                 return value
+
+    def bump_placement(self, timeout_s: float = 30.0) -> dict:
+        """Ask the leader for a new epoch with the same members (``placement_seq`` in
+        ``/cluster`` goes up; the leader copies it into the epoch it makes); returns that
+        epoch's record once it exists.  Unavailable when none appears within ``timeout_s``."""
+        value = self.update_cluster(
+            lambda v: {**v, "placement_seq": int(v.get("placement_seq") or 0) + 1})
+        seq = value["placement_seq"]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            changed = Event()
+            with zk_unavailable("epochs"):
+                self.client.get_children(self.layout.epochs, watch=lambda _e: changed.set())
+            latest = self.latest_epoch()
+            if latest is not None and int(latest.get("placement_seq") or 0) >= seq:
+                return latest
+            left = deadline - time.monotonic()
+            if left <= 0 or not changed.wait(left):
+                break
+        raise Unavailable(f"no epoch for placement change {seq} within {timeout_s:.0f}s "
+                          "(is the cluster running, with a leader?)")
 
     def shutdown(self) -> dict:
         """Orderly shutdown: every node started before now stops; no epochs are recorded."""

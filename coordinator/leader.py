@@ -105,7 +105,11 @@ class LeaderMixin:
         while True:
             nums = epoch_numbers(self.client.get_children(self.layout.epochs))
             latest = self._read_epoch(nums[-1]) if nums else None
-            if latest is not None and same_members(latest, live, value.get("resumed")):
+            # a placement change without a member change (``collie vdi alter-copy``) is an
+            # epoch too: its recovery pass makes or retires the replicas it implies
+            seq = int(value.get("placement_seq") or 0)
+            if latest is not None and same_members(latest, live, value.get("resumed")) \
+                    and int(latest.get("placement_seq") or 0) == seq:
                 return None
             if latest is not None and not settled:
                 # a change: let the rest of a burst (nodes started or killed together)
@@ -118,6 +122,8 @@ class LeaderMixin:
                 return None
             n = (nums[-1] if nums else 0) + 1
             epoch = {"epoch": n, "members": live, "created": time.time()}
+            if seq:
+                epoch["placement_seq"] = seq
             try:
                 self.client.create(self.layout.epoch(n), encode(epoch), makepath=True)
             except NodeExistsError:

@@ -6,7 +6,7 @@ import logging
 import gevent
 
 from common.errors import InvalidRequest, NotFound, SheepError
-from sheep.admin import routes_qos, routes_recovery, routes_volumes, ui
+from sheep.admin import routes_balance, routes_qos, routes_recovery, routes_volumes, ui
 from sheep.admin.app import Request, Response, Router, volume_range_response
 from sheep.admin.metrics import METRICS_CONTENT_TYPE, render_metrics
 
@@ -36,6 +36,7 @@ def build_router(sheep) -> Router:
     routes_volumes.register(r, sheep)
     routes_recovery.register(r, sheep)
     routes_qos.register(r, sheep)
+    routes_balance.register(r, sheep)
     ui.register(r, sheep)
     return r
 

@@ -136,4 +136,11 @@ class HistoryLoader:
             past.append(v)
         for n in [n for n in self._views if n < k]:
             del self._views[n]
+        if any(v.placement_seq != view.placement_seq for v in past):
+            # copies changed since K (``collie vdi alter-copy``): the rings of K..E-1 with
+            # today's copies are not where the copies were, and a raise's new holders
+            # would pass for continuous.  Ask every member about everything, this once.
+            log.info("epoch=%d copies changed since epoch %d: asking every member",
+                     view.epoch, k)
+            return None
         return History(self.node_id, k, tuple(past), view, self._me)

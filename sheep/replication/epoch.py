@@ -24,12 +24,13 @@ class EpochView:
     epoch: int
     members: tuple[Member, ...]
     ring: Ring = field(repr=False)
+    placement_seq: int = 0          # bumped by a copies change (``collie vdi alter-copy``)
 
     @classmethod
     def from_dict(cls, d: dict) -> "EpochView":
         members = tuple(sorted((Member.from_dict(m) for m in d["members"]),
                                key=lambda m: m.node_id))
-        return cls(int(d["epoch"]), members, Ring(members))
+        return cls(int(d["epoch"]), members, Ring(members), int(d.get("placement_seq") or 0))
 
     def member(self, node_id: str) -> Member | None:
         for m in self.members:

@@ -95,3 +95,18 @@ def test_the_loader_reads_each_epoch_once_and_knows_when_it_cannot_tell():
     assert loader(view(40, members)) is None
     m.complete = 39
     assert loader(view(40, members)) is None            # epoch 39's record is missing
+
+
+def test_a_copies_change_since_the_complete_epoch_turns_history_off():
+    # epoch 5 is the placement epoch of `collie vdi alter-copy` (same members, seq 1)
+    members = [member(i) for i in range(3)]
+    epochs = {n: {**record(n, members), **({"placement_seq": 1} if n >= 5 else {})}
+              for n in range(1, 10)}
+    m = Markers(4, epochs)
+    loader = HistoryLoader("n0", m)
+    five = EpochView.from_dict(epochs[5])
+    assert five.placement_seq == 1
+    assert loader(five) is None                         # rings of 4 placed with old copies
+    m.complete = 5                                      # once 5 completed, history is back
+    h = loader(EpochView.from_dict(epochs[6]))
+    assert h is not None and [v.epoch for v in h.past] == [5]
