@@ -175,7 +175,14 @@ _VDI_RIGHT = {2, 3, 4, 5, 7, 8}
 def _vdi_row(v: dict, tz: tzinfo | None) -> tuple:
     return (vdi_flag(v), v.get("name", ""), v.get("snap_id") or 0, format_size(int(v.get("size") or 0)),
             format_size(int(v.get("used_bytes") or 0)), _shared(v), format_time(v.get("created"), tz=tz),
-            f"{int(v.get('vid') or 0):x}", v.get("copies", "-"), v.get("tag") or "")
+            f"{int(v.get('vid') or 0):x}", _copies(v), v.get("tag") or "")
+
+
+def _copies(v: dict):
+    """The copies, ``OLD->NEW`` while recovery of an ``alter-copy`` is not finished."""
+    if v.get("copies_recovering") and v.get("copies_from") is not None:
+        return f"{v['copies_from']}->{v.get('copies', '-')}"
+    return v.get("copies", "-")
 
 
 def with_attachments(vdis: list[dict], locks: dict) -> list[dict]:

@@ -9,6 +9,7 @@ from common.errors import InvalidRequest, NotFound, SheepError
 from sheep.admin import routes_balance, routes_qos, routes_recovery, routes_volumes, ui
 from sheep.admin.app import Request, Response, Router, volume_range_response
 from sheep.admin.metrics import METRICS_CONTENT_TYPE, render_metrics
+from sheep.volumes import redundancy
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ def _int_field(body: dict, name: str, required: bool = True) -> int | None:
 class _Api:
     def __init__(self, sheep) -> None:
         self.sheep = sheep
+        self._copies = redundancy.CopiesReport(self._complete_epoch)
+
+    def _complete_epoch(self) -> int | None:
+        latest = self.sheep.coordinator.latest_epoch()
+        return None if latest is None else \
+            self.sheep.coordinator.complete_epoch(before=latest["epoch"] + 1)
 
     def health(self, req: Request):
         """Is this daemon up?  Needs no token (load balancers, launchers): says nothing else."""
@@ -129,7 +136,7 @@ class _Api:
         entries = self.sheep.vdis.entries()
         jobs = [gevent.spawn(self._entry, e) for e in entries]
         gevent.joinall(jobs)
-        return {"vdis": [j.get() for j in jobs]}
+        return {"vdis": self._copies.annotate([j.get() for j in jobs])}
 
     def vdi_create(self, req: Request):
         body = req.json()
@@ -139,7 +146,7 @@ class _Api:
         return Response(self.sheep.vdis.create(name, size, copies), status=201)
 
     def vdi_get(self, req: Request):
-        return self._entry(self.sheep.vdis.working(req.params["name"]))
+        return self._copies.annotate([self._entry(self.sheep.vdis.working(req.params["name"]))])[0]
 
     def vdi_delete(self, req: Request):
         self.sheep.vdis.delete(req.params["name"])

@@ -20,6 +20,11 @@ first).  Reads in between fall back to the other replicas when a new holder has 
 It is also refused while recovery is unfinished, so a lower's surplus copies are retired
 before a raise could mistake them for current.
 
+Reporting: each changed entry records ``copies_from`` (the old count) and ``copies_epoch``
+(the epoch whose recovery makes the new placement); until every member has finished that
+epoch, ``GET /vdis`` marks the entry ``copies_recovering`` and ``vdi list`` shows
+``OLD->NEW``: a raise is not reported as reached before its replicas exist.
+
 Family: the working VDI and all its snapshots (the entries of the name) change together.
 Objects a clone shares with its base belong to the base's vid and keep the base's copies;
 the clone's own objects follow the clone's entry.
@@ -60,14 +65,22 @@ def alter_copies(vdis, coordinator, epochs, name: str, copies: int, client: str,
     vdis.refuse_if_locked(entry, "change the copies of")
     with vdis.taken(entry, client):
         vdis.refuse_if_attached(entry, "change the copies of")
-        changed = 0
-        for e in family_of(vdis.all_entries(), name):
-            current, version = vdis.catalog.get_with_version(e["vid"])
+        family_vids = [e["vid"] for e in family_of(vdis.all_entries(), name)]
+        # until the placement epoch is known, the next epoch number stands for it
+        soonest = (latest["epoch"] if latest is not None else 0) + 1
+        changed = []
+        for vid in family_vids:
+            current, version = vdis.catalog.get_with_version(vid)
             if int(current["copies"]) != copies:
-                vdis.catalog.update(e["vid"], {**current, "copies": copies},
-                                    expected_version=version)
-                changed += 1
+                vdis.catalog.update(vid, {**current, "copies": copies,
+                                          "copies_from": int(current["copies"]),
+                                          "copies_epoch": soonest}, expected_version=version)
+                changed.append(vid)
         epoch = coordinator.bump_placement(timeout_s)["epoch"]
+        for vid in changed if epoch != soonest else ():
+            current, version = vdis.catalog.get_with_version(vid)
+            vdis.catalog.update(vid, {**current, "copies_epoch": epoch}, expected_version=version)
+        changed = len(changed)
         if not epochs.wait_for(epoch, timeout_s):
             log.warning("vdi=%s copies %d -> %d: epoch %d not seen here yet", name, old,
                         copies, epoch)
@@ -75,3 +88,20 @@ def alter_copies(vdis, coordinator, epochs, name: str, copies: int, client: str,
                 changed, epoch)
     return {"name": name, "copies": copies, "old_copies": old, "changed": changed,
             "epoch": epoch}
+
+
+class CopiesReport:
+    """Marks entries whose copies change is still being recovered (``copies_recovering``).
+    ``complete_epoch()``: the newest epoch every member finished (None: unknown); asked
+    only while some entry's ``copies_epoch`` is newer than the newest complete one seen."""
+
+    def __init__(self, complete_epoch) -> None:
+        self._complete_epoch = complete_epoch
+        self._complete = 0
+
+    def annotate(self, entries: list[dict]) -> list[dict]:
+        pending = max((int(e.get("copies_epoch") or 0) for e in entries), default=0)
+        if pending > self._complete:
+            self._complete = max(self._complete, self._complete_epoch() or 0)
+        return [{**e, "copies_recovering": int(e.get("copies_epoch") or 0) > self._complete}
+                for e in entries]

@@ -63,6 +63,8 @@ def test_alter_copy_2_3_1_keeps_data_and_check_clean(cluster_factory, tmp_path):
         assert node_epoch(n0) == epoch + 1                       # one new epoch, same members
         for e in api_json(n0, "/vdis")["vdis"]:
             assert e["copies"] == copies, e                      # the snapshot too
+            # reported as reached only once that epoch's recovery is complete everywhere
+            assert e["copies_epoch"] == epoch + 1 and not e["copies_recovering"], e
         # each object is on exactly the ring's first N nodes after the stale area is purged
         ring = ring_of(n0)
         placed = {oid: {m.node_id for m in ring.replicas(oid, copies)} for oid in oids}

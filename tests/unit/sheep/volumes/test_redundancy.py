@@ -104,3 +104,38 @@ def test_refused_while_recovery_runs_or_the_vdi_is_attached():
     with pytest.raises(Locked):
         redundancy.alter_copies(locked, Coordinator([]), Epochs(), "vol", 3, "t")
     assert vdis.catalog.log == [] and locked.catalog.log == []
+
+
+def test_changed_entries_record_the_old_copies_and_the_epoch_that_makes_the_new_ones():
+    vdis = Vdis(ENTRIES)
+    coord = Coordinator(vdis.catalog.log)
+    coord.bump_placement = lambda timeout_s: {"epoch": 6}     # another epoch came first
+    redundancy.alter_copies(vdis, coord, Epochs(), "vol", 3, "t")
+    for vid in (1, 2):
+        e = vdis.catalog.entries[vid]
+        assert (e["copies"], e["copies_from"], e["copies_epoch"]) == (3, 2, 6)
+    assert "copies_epoch" not in vdis.catalog.entries[3]
+
+
+def test_an_entry_is_reported_recovering_until_its_copies_epoch_is_complete_everywhere():
+    complete = {"n": 4}
+    asked = []
+    report = redundancy.CopiesReport(lambda: asked.append(1) or complete["n"])
+    entries = [{"vid": 1, "copies": 3, "copies_from": 2, "copies_epoch": 5},
+               {"vid": 2, "copies": 2}]
+    assert [e["copies_recovering"] for e in report.annotate(entries)] == [True, False]
+    complete["n"] = 5
+    assert [e["copies_recovering"] for e in report.annotate(entries)] == [False, False]
+    calls = len(asked)
+    report.annotate(entries)              # complete already seen: ZooKeeper is not asked again
+    assert len(asked) == calls
+
+
+def test_vdi_list_shows_old_to_new_copies_while_recovering():
+    from collie import render
+    rows = render.render_vdi_list([
+        {"name": "a", "vid": 1, "size": 1, "copies": 3, "copies_from": 2, "copies_recovering": True},
+        {"name": "b", "vid": 2, "size": 1, "copies": 3, "copies_from": 2, "copies_recovering": False}])
+    line_a = next(line for line in rows.splitlines() if " a " in line)
+    line_b = next(line for line in rows.splitlines() if " b " in line)
+    assert line_a.split()[-1] == "2->3" and line_b.split()[-1] == "3"
