@@ -213,7 +213,7 @@ class Sheep:
         self.exports.server = self.nbd
         self.snapshots = SnapshotService(self.vdis, self.locks, self.exports, coord.members,
                                          self.node_id, forward=self._forward_snapshot)
-        self.backups = BackupService(self.vdis, self.node_id)
+        self.backups = BackupService(self.vdis, self.node_id, members=coord.members)
 
     def _admit_and_open(self, fmt: dict | None) -> None:
         if self.config.gateway:

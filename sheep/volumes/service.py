@@ -102,6 +102,15 @@ class VdiService:
         finally:
             self.give_back(writer)
 
+    def holds(self, writer: VdiWriter) -> bool:
+        """Whether ``writer``'s lock is still this node's, at its generation (not broken,
+        not lost with the session and taken again by someone)."""
+        if self.locks is None or writer.lock is None:
+            return True
+        lock = self.locks.get(writer.vid)
+        return lock is not None and lock.get("node_id") == self.node_id \
+            and lock.get("generation") == writer.generation
+
     def generation(self, vid: int) -> int:
         """The current lock generation of ``vid`` (for writes without the lock: the inode of
         a new entry, reclaim of a deleted one)."""
