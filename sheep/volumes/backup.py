@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 READ_BYTES = 1 << 20            # one read of the request body
 WRITERS = 4                     # records written at once
+READ_IDLE_S = 60.0              # a body read bringing nothing for this long: the upload stalled
 
 
 class BackupService:
@@ -309,10 +310,25 @@ class BackupService:
             count += 1
         return count
 
+def read_idle(read, n: int) -> bytes:
+    """``read(n)``, or StreamError when it brings nothing for `READ_IDLE_S`: a stalled
+    upload must not hold the write right (the restore's clean-up runs on the error)."""
+    timeout = gevent.Timeout(READ_IDLE_S)
+    timeout.start()
+    try:
+        return read(n)
+    except gevent.Timeout as exc:
+        if exc is not timeout:
+            raise
+        raise backup.StreamError(f"the upload stalled (no data for {READ_IDLE_S:g} s)") from None
+    finally:
+        timeout.close()
+
+
 def _read_header(decoder: backup.StreamDecoder, read) -> tuple[dict, list]:
     """Feed the decoder until the header is decoded; (header, the events after it)."""
     while True:
-        chunk = read(READ_BYTES)
+        chunk = read_idle(read, READ_BYTES)
         if not chunk:
             decoder.close()                 # raises: the stream ended in its header
         events = decoder.feed(chunk)
@@ -346,7 +362,7 @@ def _apply(decoder: backup.StreamDecoder, pending: list, read, volume: Volume) -
                 elif isinstance(event, backup.End):
                     gevent.joinall(jobs, raise_error=True)
                     return event
-            chunk = read(READ_BYTES)
+            chunk = read_idle(read, READ_BYTES)
             if not chunk:
                 decoder.close()             # raises: the stream ended before its end record
             events = decoder.feed(chunk)

@@ -3,9 +3,13 @@ session gone), its hidden entry discarded by someone else, a stalled or over-lon
 and the leftovers of restores that cannot finish (their node gone, this sheep restarted)."""
 from types import SimpleNamespace
 
+import gevent
+import gevent.event
 import pytest
 
+import vdi.backup as backup
 from common.errors import Locked
+import sheep.volumes.backup as service
 from sheep.volumes.backup import BackupService
 from sheep.volumes.service import VdiService
 from sheep.volumes.snapshots import SnapshotService
@@ -148,3 +152,18 @@ def test_a_restore_leaves_the_entries_of_restores_on_live_nodes_alone(cluster):
     c.backups.restore("r", "s2", reader(stream_of(c, "vm", "s2", "s1")))
     assert live_restoring(c) == ["busy"]
     assert content(c, c.vdis.working("r")) == want["s2"]
+
+
+def test_a_stalled_upload_fails_and_gives_the_write_right_back(cluster, monkeypatch):
+    c = cluster
+    want = history(c)
+    c.snaps.clone("vm", "s1", "r")
+    working, before = c.vdis.working("r"), visible(c)
+    monkeypatch.setattr(service, "READ_IDLE_S", 0.05)
+    never = gevent.event.Event()
+    with gevent.Timeout(10), \
+            pytest.raises(backup.StreamError, match=r"stalled .*nothing was restored"):
+        c.backups.restore("r", "s2", midway(stream_of(c, "vm", "s2", "s1"), never.wait))
+    assert c.locks.get(working["vid"]) is None
+    assert visible(c) == before and content(c, c.vdis.working("r")) == want["s1"]
+    assert restoring(c) and all(e.get("deleted") for e in restoring(c))
