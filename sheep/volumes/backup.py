@@ -24,8 +24,8 @@ Restore (theory of operation)
        snapshot makes one); it has no ``replaces``, so nothing ever shows it;
     4. the records are written into ``N`` as they arrive (zero ranges are trimmed:
        whole objects become holes, partial ones are written with zeros);
-    5. only when the decoder reached the end and the checksum matched, and ``N`` is
-       flushed, ``N`` is flipped into snapshot ``TAG`` of ``NAME`` (its ``backup_state``
+    5. only when the decoder reached the end, the checksum matched, the body ended right
+       there (nothing may follow the checksum) and ``N`` is flushed, ``N`` is flipped into snapshot ``TAG`` of ``NAME`` (its ``backup_state``
        the stream's ``to`` state, so a later increment can check its base), and ``W`` is
        replaced by a clone of it as a rollback would (a new hidden entry that replaces
        ``W``, then ``W`` marked deleted: ``W`` owned nothing when the check passed);
@@ -361,6 +361,7 @@ def _apply(decoder: backup.StreamDecoder, pending: list, read, volume: Volume) -
                     submit(volume.trim, event.offset, event.length)
                 elif isinstance(event, backup.End):
                     gevent.joinall(jobs, raise_error=True)
+                    _require_eof(decoder, read)
                     return event
             chunk = read_idle(read, READ_BYTES)
             if not chunk:
@@ -368,3 +369,11 @@ def _apply(decoder: backup.StreamDecoder, pending: list, read, volume: Volume) -
             events = decoder.feed(chunk)
     finally:
         pool.join()
+
+
+def _require_eof(decoder: backup.StreamDecoder, read) -> None:
+    """Nothing may follow the checksum: the body must end right after it (the decoder
+    refuses any bytes fed after its end)."""
+    chunk = read_idle(read, READ_BYTES)
+    if chunk:
+        decoder.feed(chunk)                 # raises: bytes after the end of the stream

@@ -167,3 +167,19 @@ def test_a_stalled_upload_fails_and_gives_the_write_right_back(cluster, monkeypa
     assert c.locks.get(working["vid"]) is None
     assert visible(c) == before and content(c, c.vdis.working("r")) == want["s1"]
     assert restoring(c) and all(e.get("deleted") for e in restoring(c))
+
+
+def test_bytes_after_the_checksum_in_a_later_read_are_refused(cluster):
+    c = cluster
+    want = history(c)
+    c.snaps.clone("vm", "s1", "r")
+    before = visible(c)
+    chunks = [stream_of(c, "vm", "s2", "s1"), b"GARBAGE"]
+
+    def read(n):
+        return chunks.pop(0) if chunks else b""
+    with pytest.raises(backup.StreamError, match=r"7 bytes after the end .*nothing was restored"):
+        c.backups.restore("r", "s2", read)
+    assert chunks == []
+    assert visible(c) == before and content(c, c.vdis.working("r")) == want["s1"]
+    assert restoring(c) and all(e.get("deleted") for e in restoring(c))
