@@ -7,7 +7,7 @@
 | POST /vdis/NAME/rollback | `{"tag"}` | the new working entry |
 | GET /vdis/NAME/snapshots/TAG | | the snapshot's entry (with used/shared bytes) |
 | DELETE /vdis/NAME/snapshots/TAG | | `{}` |
-| GET /vdis/NAME/snapshots/TAG/data | `?offset=&length=` | raw bytes |
+| GET /vdis/NAME/snapshots/TAG/data | `?offset=&length=&vid=` (vid: 404 unless TAG is still that entry) | raw bytes |
 | GET /vdis/NAME/snapshots/TAG/diff | `?from=FROM` (none: everything) | `{"header", "extents": [[offset, length, "data"/"zero"]], "data_bytes", "zero_bytes"}` |
 | POST /vdis/NAME/restore/check | `{"tag", "header", "force"}` | `{"target", "base"}`, or the error the restore would give |
 | PUT /vdis/NAME/restore | `?tag=&force=`, a backup stream as the body | 201 `{"snapshot", "working", "records", "data_bytes", "zero_bytes"}` |
@@ -86,7 +86,8 @@ class _VolumeApi:
 
     def snapshot_read(self, req: Request):
         vdis = self.sheep.vdis
-        entry = vdis.snapshot(req.params["name"], req.params["tag"])
+        entry = vdis.snapshot(req.params["name"], req.params["tag"],
+                              vid=req.int_query("vid", None))
         return volume_range_response(req, vdis.open_volume(entry, readonly=True), entry,
                                      f"snapshot '{req.params['tag']}' of VDI '{entry['name']}'")
 

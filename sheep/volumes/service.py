@@ -151,12 +151,16 @@ class VdiService:
             raise NotFound(f"VDI '{name}' not found")
         return found
 
-    def snapshot(self, name: str, tag: str) -> dict:
-        """A snapshot of ``name`` by its tag or its snapshot id."""
+    def snapshot(self, name: str, tag: str, vid: int | None = None) -> dict:
+        """A snapshot of ``name`` by its tag or its snapshot id; with ``vid``, NotFound
+        unless it is that entry (the tag was deleted and made again meanwhile)."""
         validate_name(name)
         found = family.find_snapshot(self.all_entries(), name, str(tag))
         if found is None:
             raise NotFound(f"snapshot '{tag}' of VDI '{name}' not found")
+        if vid is not None and found["vid"] != vid:
+            raise NotFound(f"snapshot '{tag}' of VDI '{name}' is vid {found['vid']:06x} now, "
+                           f"not {vid:06x}: it was deleted and made again meanwhile")
         return found
 
     def liveness(self, with_maps: bool = True) -> family.Liveness:
