@@ -39,7 +39,8 @@ Restore (theory of operation)
     A sheep that dies during step 4 leaves ``N`` hidden (invisible, but its objects
     stay); such leftovers (``restoring`` entries) are deleted by `discard_orphans` when
     their node is no member any more (the next restore of the name; a change of epoch)
-    and by the sheep itself when it starts again.
+    and by the sheep itself when it starts again (`Sheep._discard_restore_leftovers`);
+    reclaim counts one without an inode as empty (`sheep.volumes.reclaim`).
 """
 from __future__ import annotations
 

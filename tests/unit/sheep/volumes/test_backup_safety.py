@@ -183,3 +183,28 @@ def test_bytes_after_the_checksum_in_a_later_read_are_refused(cluster):
     assert chunks == []
     assert visible(c) == before and content(c, c.vdis.working("r")) == want["s1"]
     assert restoring(c) and all(e.get("deleted") for e in restoring(c))
+
+
+def test_leftovers_of_gone_nodes_and_at_start_this_nodes_own_are_discarded(cluster):
+    c = cluster
+    history(c)
+    c.members.append(SimpleNamespace(node_id="busy"))
+    for node, name in (("node", "a"), ("busy", "b"), ("gone", "c"), ("gone", "vm")):
+        leftover(c, node, name)
+    assert c.backups.discard_orphans() == 2             # any name; live nodes' stay
+    assert live_restoring(c) == ["busy", "node"]
+    assert c.backups.discard_orphans(at_start=True) == 1
+    assert live_restoring(c) == ["busy"]
+
+
+def test_a_restores_entry_without_an_inode_does_not_stall_reclaim(cluster):
+    c = cluster
+    history(c)
+    leftover(c, "busy")                 # allocated, no inode (yet)
+    assert c.gw.data_objects()
+    with gevent.Timeout(3):            # a stalled pass retries for seconds, then gives up
+        c.vdis.delete("vm")            # each runs a pass
+        c.vdis.delete_snapshot("vm", "s1")
+        c.vdis.delete_snapshot("vm", "s2")
+    assert not list(c.gw.data_objects())
+    assert [e.get("restoring") for e in c.vdis.all_entries()] == ["busy"]
