@@ -122,6 +122,7 @@ class BackupService:
     def _check_target(self, working: dict, tag: str, header: dict, force: bool):
         """Refuse a target the stream cannot be applied to; returns the target's map."""
         name = working["name"]
+        self.vdis.check_size(header["size"])        # before any lock or allocation
         if any(e["name"] == name and e.get("snapshot") and e.get("tag") == tag
                for e in family.visible(self.vdis.all_entries())):
             raise AlreadyExists(f"VDI '{name}' already has a snapshot tagged '{tag}'")
@@ -174,7 +175,7 @@ class BackupService:
         try:
             writer = self.vdis.take(working, "restore")
         except Locked as exc:
-            raise Locked(f"cannot restore VDI '{name}': it is attached ({exc.message})",
+            raise Locked(f"cannot restore VDI '{name}': it is locked ({exc.message})",
                          holder=exc.data.get("holder")) from None
         try:
             self.vdis.refuse_if_attached(working, "restore")      # again, with the lock

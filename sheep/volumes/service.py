@@ -188,6 +188,10 @@ class VdiService:
             return family.Liveness(entries, maps, default_copies=int(fmt["copies"]))
         raise Unavailable("the catalog kept changing while it was read")
 
+    def check_size(self, size: int) -> int:
+        """InvalidRequest unless ``size`` is a VDI size this cluster allows."""
+        return self._check_size(size)
+
     def _check_size(self, size: int) -> int:
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise InvalidRequest(f"invalid VDI size {size!r}: must be a positive number of bytes")
@@ -310,8 +314,10 @@ class VdiService:
             return
         lock = self.locks.get(entry["vid"])
         if lock is not None:
-            raise Locked(f"cannot {what} VDI '{entry['name']}': it is attached by node "
-                         f"{lock.get('node_id')} (client {lock.get('client')})",
+            client = str(lock.get("client"))
+            how = (f"attached by node {lock.get('node_id')} (client {client})" if ":" in client
+                   else f"locked by node {lock.get('node_id')} for '{client}'")  # an operation
+            raise Locked(f"cannot {what} VDI '{entry['name']}': it is {how}",
                          holder=lock.get("node_id"))
         self.refuse_if_attached(entry, what)
 

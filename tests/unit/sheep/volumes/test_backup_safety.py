@@ -8,7 +8,7 @@ import gevent.event
 import pytest
 
 import vdi.backup as backup
-from common.errors import Locked
+from common.errors import InvalidRequest, Locked
 import sheep.volumes.backup as service
 from sheep.volumes.backup import BackupService
 from sheep.volumes.service import VdiService
@@ -208,3 +208,31 @@ def test_a_restores_entry_without_an_inode_does_not_stall_reclaim(cluster):
         c.vdis.delete_snapshot("vm", "s2")
     assert not list(c.gw.data_objects())
     assert [e.get("restoring") for e in c.vdis.all_entries()] == ["busy"]
+
+
+def test_a_vdi_another_restore_holds_is_locked_not_attached(cluster):
+    c = cluster
+    history(c)
+    c.snaps.clone("vm", "s1", "r")
+    c.locks.acquire(c.vdis.working("r")["vid"], "other", "restore")
+    with pytest.raises(Locked, match="it is locked by node other for 'restore'"):
+        c.backups.restore("r", "s2", reader(stream_of(c, "vm", "s2", "s1")))
+
+
+def test_a_header_size_over_the_maximum_is_refused_before_the_lock(cluster):
+    c = cluster
+    history(c)
+    c.snaps.clone("vm", "s1", "r")
+    working = c.vdis.working("r")
+    raw = stream_of(c, "vm", "s2", "s1")            # its size made huge
+    header = backup.decode(raw)[0].header
+    huge = c.vdis.max_size() + OBJ
+    header = {**header, "size": huge, "to": {**header["to"], "size": huge}}
+    vids = {e["vid"] for e in c.vdis.all_entries()}
+    generation = c.locks.generation(working["vid"])
+    with pytest.raises(InvalidRequest, match="exceeds the maximum"):
+        c.backups.check("r", "x", header)
+    with pytest.raises(InvalidRequest, match="exceeds the maximum"):
+        c.backups.restore("r", "x", reader(backup.encode(header, [])))
+    assert c.locks.generation(working["vid"]) == generation       # never taken
+    assert {e["vid"] for e in c.vdis.all_entries()} == vids
