@@ -84,6 +84,10 @@ def cmd_vdi_backup(client, args) -> int:
     except CollieError as err:
         raise _unsupported("vdi backup", err) from err
     out = sys.stdout.buffer
+    # every read names the snapshot the header describes: a tag deleted and made again
+    # during the backup is refused rather than mixed into the stream
+    vid = answer["header"]["to"].get("vid")
+    pinned = {"vid": vid} if vid is not None else {}
     encoder = stream.StreamEncoder(answer["header"])
     progress = Progress.for_transfer(int(answer.get("data_bytes") or 0), sys.stderr,
                                      enabled=not args.json)
@@ -96,7 +100,7 @@ def cmd_vdi_backup(client, args) -> int:
             pos, end = offset, offset + length
             while pos < end:
                 want = min(CHUNK_BYTES - pos % CHUNK_BYTES, end - pos)
-                data = client.get_bytes(snap + "/data", offset=pos, length=want)
+                data = client.get_bytes(snap + "/data", offset=pos, length=want, **pinned)
                 if len(data) != want:
                     raise CollieError(f"short read from snapshot '{args.tag}' of vdi "
                                       f"'{args.name}' at offset {pos}: {len(data)} of {want} "

@@ -7,7 +7,7 @@
 | POST /vdis/NAME/rollback | `{"tag"}` | the new working entry |
 | GET /vdis/NAME/snapshots/TAG | | the snapshot's entry (with used/shared bytes) |
 | DELETE /vdis/NAME/snapshots/TAG | | `{}` |
-| GET /vdis/NAME/snapshots/TAG/data | `?offset=&length=` | raw bytes |
+| GET /vdis/NAME/snapshots/TAG/data | `?offset=&length=&vid=` (vid: 404 unless TAG is still that entry) | raw bytes |
 | GET /vdis/NAME/snapshots/TAG/diff | `?from=FROM` (none: everything) | `{"header", "extents": [[offset, length, "data"/"zero"]], "data_bytes", "zero_bytes"}` |
 | POST /vdis/NAME/restore/check | `{"tag", "header", "force"}` | `{"target", "base"}`, or the error the restore would give |
 | PUT /vdis/NAME/restore | `?tag=&force=`, a backup stream as the body | 201 `{"snapshot", "working", "records", "data_bytes", "zero_bytes"}` |
@@ -16,13 +16,15 @@ A snapshot of a VDI locked by another node is forwarded to that node over the
 (authenticated) peer protocol (`sheep.volumes.snapshots`, `Sheep._forward_snapshot`).
 Backup and restore are `sheep.volumes.backup`; a restore reads its body as it goes (the
 stream may be far larger than memory), and after a refusal reads the rest of it before
-answering, so the client, still sending, gets the answer rather than a broken pipe.
+answering, so the client, still sending, gets the answer rather than a broken pipe.  A
+body read that brings nothing for `sheep.volumes.backup.READ_IDLE_S` ends the restore
+(nothing restored, the write right given back) and the draining.
 """
 from __future__ import annotations
 
 from common.errors import InvalidRequest, NotReady
 from sheep.admin.app import Request, Response, Router, volume_range_response
-from sheep.volumes.backup import BackupService
+from sheep.volumes.backup import BackupService, read_idle
 from sheep.volumes.snapshots import SnapshotService
 
 DRAIN_BYTES = 1 << 20
@@ -84,7 +86,8 @@ class _VolumeApi:
 
     def snapshot_read(self, req: Request):
         vdis = self.sheep.vdis
-        entry = vdis.snapshot(req.params["name"], req.params["tag"])
+        entry = vdis.snapshot(req.params["name"], req.params["tag"],
+                              vid=req.int_query("vid", None))
         return volume_range_response(req, vdis.open_volume(entry, readonly=True), entry,
                                      f"snapshot '{req.params['tag']}' of VDI '{entry['name']}'")
 
@@ -108,9 +111,10 @@ class _VolumeApi:
 
 
 def _drain(stream) -> None:
-    """Read what is left of a request body (the client is still sending it)."""
+    """Read what is left of a request body (the client is still sending it); not a
+    stalled one (`read_idle`)."""
     try:
-        while stream.read(DRAIN_BYTES):
+        while read_idle(stream.read, DRAIN_BYTES):
             pass
-    except (OSError, ValueError):
+    except (OSError, ValueError, InvalidRequest):
         pass

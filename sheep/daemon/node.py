@@ -128,11 +128,21 @@ class Sheep:
         self.admin_server.start()
         self._session_seen = self.coordinator.session_generation
         self.nbd.start()
+        gevent.spawn(self._discard_restore_leftovers, True)
         if self.epochs.view is not None and self.recovery is not None:
             self.recovery.kick()
         log.info("node=%s cluster=%s role=%s peer=%s:%d admin=%d nbd=%d started", self.node_id,
                  self.config.cluster, self.member.role, self.config.addr, self.config.port,
                  self.config.admin_port, self.config.nbd_port)
+
+    def _discard_restore_leftovers(self, at_start: bool = False) -> None:
+        """The hidden entries of restores that cannot finish: of sheep that are no members,
+        and at start this sheep's own (`BackupService.discard_orphans`)."""
+        try:
+            if self.backups.discard_orphans(at_start=at_start):
+                self.vdis.reclaimer.kick()
+        except Exception as exc:        # not formatted, ZooKeeper away: the next epoch
+            log.info("node=%s restore leftovers not discarded: %s", self.node_id, exc)
 
     def _admit(self, fmt: dict | None) -> None:
         """May this store join the cluster whose ``/cluster`` value is ``fmt``?  Raises
@@ -213,7 +223,7 @@ class Sheep:
         self.exports.server = self.nbd
         self.snapshots = SnapshotService(self.vdis, self.locks, self.exports, coord.members,
                                          self.node_id, forward=self._forward_snapshot)
-        self.backups = BackupService(self.vdis, self.node_id)
+        self.backups = BackupService(self.vdis, self.node_id, members=coord.members)
 
     def _admit_and_open(self, fmt: dict | None) -> None:
         if self.config.gateway:
@@ -298,6 +308,8 @@ class Sheep:
                     self.peers.drop(m.addr, m.port, f"{m.node_id} left at epoch {view.epoch}")
         if self.recovery is not None:
             self.recovery.kick()
+        if self.backups is not None:
+            gevent.spawn(self._discard_restore_leftovers)
 
     def _on_fence(self) -> None:
         log.warning("node=%s fenced: ZooKeeper session suspended or lost; refusing writes",

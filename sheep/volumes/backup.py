@@ -24,16 +24,23 @@ Restore (theory of operation)
        snapshot makes one); it has no ``replaces``, so nothing ever shows it;
     4. the records are written into ``N`` as they arrive (zero ranges are trimmed:
        whole objects become holes, partial ones are written with zeros);
-    5. only when the decoder reached the end and the checksum matched, and ``N`` is
-       flushed, ``N`` is flipped into snapshot ``TAG`` of ``NAME`` (its ``backup_state``
+    5. only when the decoder reached the end, the checksum matched, the body ended right
+       there (nothing may follow the checksum) and ``N`` is flushed, ``N`` is flipped into snapshot ``TAG`` of ``NAME`` (its ``backup_state``
        the stream's ``to`` state, so a later increment can check its base), and ``W`` is
        replaced by a clone of it as a rollback would (a new hidden entry that replaces
        ``W``, then ``W`` marked deleted: ``W`` owned nothing when the check passed);
     6. on any failure before step 5, ``N`` is marked deleted and reclaimed.
 
+    ``W``'s write right is checked again before step 5 and before ``W`` is replaced, and
+    ``N`` is flipped with a CAS that refuses an ``N`` no longer hidden by this restore: a
+    restore whose lock was broken (or lost with its session) fails instead of
+    committing over a client that attached ``W`` since, or resurrecting a discarded ``N``.
+
     A sheep that dies during step 4 leaves ``N`` hidden (invisible, but its objects
-    stay); the next restore of the same name, holding ``W``'s write right, knows no
-    other restore can be running and deletes such leftovers (``restoring`` entries).
+    stay); such leftovers (``restoring`` entries) are deleted by `discard_orphans` when
+    their node is no member any more (the next restore of the name; a change of epoch)
+    and by the sheep itself when it starts again (`Sheep._discard_restore_leftovers`);
+    reclaim counts one without an inode as empty (`sheep.volumes.reclaim`).
 """
 from __future__ import annotations
 
@@ -52,12 +59,15 @@ log = logging.getLogger(__name__)
 
 READ_BYTES = 1 << 20            # one read of the request body
 WRITERS = 4                     # records written at once
+READ_IDLE_S = 60.0              # a body read bringing nothing for this long: the upload stalled
 
 
 class BackupService:
-    def __init__(self, vdis, node_id: str = "") -> None:
+    def __init__(self, vdis, node_id: str = "", members=None) -> None:
         self.vdis = vdis
         self.node_id = node_id
+        self.members = members          # () -> the live members (None: unknown, none live)
+        self.marker = node_id or True   # the ``restoring`` value of this node's entries
 
     def cluster_id(self):
         """What makes this cluster's snapshot states its own: its format's creation time."""
@@ -112,6 +122,7 @@ class BackupService:
     def _check_target(self, working: dict, tag: str, header: dict, force: bool):
         """Refuse a target the stream cannot be applied to; returns the target's map."""
         name = working["name"]
+        self.vdis.check_size(header["size"])        # before any lock or allocation
         if any(e["name"] == name and e.get("snapshot") and e.get("tag") == tag
                for e in family.visible(self.vdis.all_entries())):
             raise AlreadyExists(f"VDI '{name}' already has a snapshot tagged '{tag}'")
@@ -164,14 +175,14 @@ class BackupService:
         try:
             writer = self.vdis.take(working, "restore")
         except Locked as exc:
-            raise Locked(f"cannot restore VDI '{name}': it is attached ({exc.message})",
+            raise Locked(f"cannot restore VDI '{name}': it is locked ({exc.message})",
                          holder=exc.data.get("holder")) from None
         try:
             self.vdis.refuse_if_attached(working, "restore")      # again, with the lock
             self._abandon_leftovers(name)
             target_map = self._check_target(working, tag, header, force)
-            result = self._restore_locked(working, target_map, tag, header, decoder, pending,
-                                          read)
+            result = self._restore_locked(working, writer, target_map, tag, header, decoder,
+                                          pending, read)
         finally:
             self.vdis.give_back(writer)
             self.vdis.reclaimer.kick()      # the replaced VDI, or a discarded attempt
@@ -180,7 +191,8 @@ class BackupService:
                  result["records"], result["data_bytes"], tag, result["snapshot"]["vid"])
         return result
 
-    def _restore_locked(self, working, target_map, tag, header, decoder, pending, read):
+    def _restore_locked(self, working, writer, target_map, tag, header, decoder, pending,
+                        read):
         size = header["size"]
         object_size = 1 << working["block_size_shift"]
         new = self.vdis.allocate({
@@ -188,7 +200,7 @@ class BackupService:
             "created": time.time(), "snap_id": working.get("snap_id"), "tag": "",
             "parent": working.get("parent") or 0, "snapshot": False,
             "block_size_shift": working["block_size_shift"], "hidden": True,
-            "restoring": self.node_id or True})
+            "restoring": self.marker})
         committed = False
         try:
             objmap = target_map.copy()
@@ -198,17 +210,32 @@ class BackupService:
                             self.vdis.unlocked_writer(new["vid"]), objmap)
             end = _apply(decoder, pending, read, volume)
             volume.flush()
+            self._check_held(working, writer)
             snapshot = self._freeze(working, new, tag, header)
             committed = True
         finally:
             if not committed:
                 self._discard(new)
-        return {"snapshot": snapshot, "working": self._switch(working, snapshot, objmap),
+        return {"snapshot": snapshot,
+                "working": self._switch(working, writer, snapshot, objmap),
                 "records": end.records, "data_bytes": end.data_bytes,
                 "zero_bytes": end.zero_bytes}
 
+    def _check_held(self, working: dict, writer) -> None:
+        """Locked unless ``W``'s write right is still ours: once it was broken or lost with
+        the session, a client may have attached and written ``W``, or another restore may
+        have discarded ``N``."""
+        if not self.vdis.holds(writer):
+            raise Locked(f"cannot restore VDI '{working['name']}': its write right was lost "
+                         "meanwhile (lock broken or session expired)")
+
     def _freeze(self, working: dict, new: dict, tag: str, header: dict) -> dict:
-        """The restored entry becomes snapshot ``tag`` of the name (visible from now on)."""
+        """The restored entry becomes snapshot ``tag`` of the name (visible from now on):
+        a CAS on ``N`` as it was made, so an ``N`` discarded meanwhile stays discarded."""
+        current, version = self.vdis.catalog.get_with_version(new["vid"])
+        if current.get("deleted") or current.get("restoring") != self.marker:
+            raise Locked(f"cannot restore VDI '{working['name']}': the entry being restored "
+                         f"(vid {new['vid']:06x}) was discarded meanwhile")
         entries = self.vdis.all_entries()
         if any(e["name"] == working["name"] and e.get("snapshot") and e.get("tag") == tag
                for e in family.visible(entries)):
@@ -217,19 +244,25 @@ class BackupService:
         snap_id = max(int(working.get("snap_id") or 1),
                       family.next_snap_id(entries, working["name"]))
         now = time.time()
-        snap = {k: v for k, v in new.items() if k not in ("hidden", "replaces", "restoring")}
+        snap = {k: v for k, v in current.items() if k not in ("hidden", "replaces",
+                                                                "restoring")}
         snap.update({"snapshot": True, "tag": tag, "snap_id": snap_id, "snap_created": now,
                      "backup_state": header["to"]["state"],
                      "restored": {"from": (header.get("from") or {}).get("state"),
                                   "source": header["name"], "tag": header["to"].get("tag"),
                                   "at": now}})
-        self.vdis.catalog.update(new["vid"], snap)
+        try:
+            self.vdis.catalog.update(new["vid"], snap, expected_version=version)
+        except AlreadyExists:
+            raise Locked(f"cannot restore VDI '{working['name']}': the entry being restored "
+                         f"(vid {new['vid']:06x}) changed meanwhile") from None
         return snap
 
-    def _switch(self, working: dict, snap: dict, objmap) -> dict:
+    def _switch(self, working: dict, writer, snap: dict, objmap) -> dict:
         """Replace the working VDI by a clone of the restored snapshot (a rollback to it)."""
         name = working["name"]
         try:
+            self._check_held(working, writer)       # W may be attached and written now
             new = self.vdis.allocate({
                 "name": name, "size": snap["size"], "copies": snap["copies"],
                 "created": time.time(), "tag": "", "parent": snap["vid"], "snapshot": False,
@@ -256,20 +289,48 @@ class BackupService:
                         entry["name"], entry["vid"], exc)
 
     def _abandon_leftovers(self, name: str) -> None:
-        """Hidden entries of earlier restores of ``name`` that never finished: with the
-        working VDI's write right held here, no restore of this name runs elsewhere."""
+        """Hidden entries of earlier restores of ``name`` that can no longer finish."""
+        self.discard_orphans(name)
+
+    def discard_orphans(self, name: str | None = None, at_start: bool = False) -> int:
+        """Mark deleted the hidden entries of restores (of ``name``, or of any VDI) whose
+        node is not a member any more, and, when this sheep starts (``at_start``), its own;
+        returns how many.  An entry of a live node is left alone: if that restore lost its
+        write right it fails by itself at its commit (`_check_held`, `_freeze`)."""
+        live = {m.node_id for m in self.members()} if self.members is not None else set()
+        count = 0
         for e in self.vdis.all_entries():
-            if e["name"] == name and e.get("hidden") and e.get("restoring") \
-                    and family.is_live(e):
-                log.warning("vdi=%s vid=%06x: deleting the leftover of a restore that did not "
-                            "finish (node %s)", name, e["vid"], e.get("restoring"))
-                self._discard(e)
+            node = e.get("restoring")
+            if not node or not e.get("hidden") or not family.is_live(e) \
+                    or (name is not None and e["name"] != name):
+                continue
+            if node in live and not (at_start and node == self.marker):
+                continue
+            log.warning("vdi=%s vid=%06x: deleting the leftover of a restore that did not "
+                        "finish (node %s)", e["name"], e["vid"], node)
+            self._discard(e)
+            count += 1
+        return count
+
+def read_idle(read, n: int) -> bytes:
+    """``read(n)``, or StreamError when it brings nothing for `READ_IDLE_S`: a stalled
+    upload must not hold the write right (the restore's clean-up runs on the error)."""
+    timeout = gevent.Timeout(READ_IDLE_S)
+    timeout.start()
+    try:
+        return read(n)
+    except gevent.Timeout as exc:
+        if exc is not timeout:
+            raise
+        raise backup.StreamError(f"the upload stalled (no data for {READ_IDLE_S:g} s)") from None
+    finally:
+        timeout.close()
 
 
 def _read_header(decoder: backup.StreamDecoder, read) -> tuple[dict, list]:
     """Feed the decoder until the header is decoded; (header, the events after it)."""
     while True:
-        chunk = read(READ_BYTES)
+        chunk = read_idle(read, READ_BYTES)
         if not chunk:
             decoder.close()                 # raises: the stream ended in its header
         events = decoder.feed(chunk)
@@ -302,10 +363,19 @@ def _apply(decoder: backup.StreamDecoder, pending: list, read, volume: Volume) -
                     submit(volume.trim, event.offset, event.length)
                 elif isinstance(event, backup.End):
                     gevent.joinall(jobs, raise_error=True)
+                    _require_eof(decoder, read)
                     return event
-            chunk = read(READ_BYTES)
+            chunk = read_idle(read, READ_BYTES)
             if not chunk:
                 decoder.close()             # raises: the stream ended before its end record
             events = decoder.feed(chunk)
     finally:
         pool.join()
+
+
+def _require_eof(decoder: backup.StreamDecoder, read) -> None:
+    """Nothing may follow the checksum: the body must end right after it (the decoder
+    refuses any bytes fed after its end)."""
+    chunk = read_idle(read, READ_BYTES)
+    if chunk:
+        decoder.feed(chunk)                 # raises: bytes after the end of the stream

@@ -18,7 +18,12 @@ pass runs (`Reclaimer.run`):
    a deleted entry with nothing referenced left loses its inode and catalog
    znode, which frees its vid.
 
-A live map that cannot be read (an entry being created) postpones the pass.
+A live map that cannot be read (an entry being created) postpones the pass, except
+that of a restore's hidden entry (``restoring``, `sheep.volumes.backup`), which counts
+as empty: its map is a copy of the map of the working VDI the restore holds the write
+right of (live, read in the same pass) plus objects of its own, and such an entry may
+stay without an inode until its leftover is discarded, which must not stall reclaim
+for the whole cluster.
 New references only ever come from copying a live map, so a pass never frees
 an object that a VDI created during the pass could point at.
 
@@ -125,10 +130,10 @@ class Reclaimer:
             try:
                 maps[e["vid"]] = list(self.vdis.read_map(e).entries())
             except (NotFound, NoObject):
-                if family.is_live(e):
+                if family.is_live(e) and not e.get("restoring"):
                     log.info("reclaim: map of live vid=%06x unreadable yet; retrying", e["vid"])
                     return None
-                maps[e["vid"]] = []
+                maps[e["vid"]] = []     # a restore's entry: see the module's docstring
         if catalog.list() != entries:
             return None
         plan = family.plan_reclaim(entries, maps)

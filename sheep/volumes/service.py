@@ -102,6 +102,15 @@ class VdiService:
         finally:
             self.give_back(writer)
 
+    def holds(self, writer: VdiWriter) -> bool:
+        """Whether ``writer``'s lock is still this node's, at its generation (not broken,
+        not lost with the session and taken again by someone)."""
+        if self.locks is None or writer.lock is None:
+            return True
+        lock = self.locks.get(writer.vid)
+        return lock is not None and lock.get("node_id") == self.node_id \
+            and lock.get("generation") == writer.generation
+
     def generation(self, vid: int) -> int:
         """The current lock generation of ``vid`` (for writes without the lock: the inode of
         a new entry, reclaim of a deleted one)."""
@@ -142,12 +151,16 @@ class VdiService:
             raise NotFound(f"VDI '{name}' not found")
         return found
 
-    def snapshot(self, name: str, tag: str) -> dict:
-        """A snapshot of ``name`` by its tag or its snapshot id."""
+    def snapshot(self, name: str, tag: str, vid: int | None = None) -> dict:
+        """A snapshot of ``name`` by its tag or its snapshot id; with ``vid``, NotFound
+        unless it is that entry (the tag was deleted and made again meanwhile)."""
         validate_name(name)
         found = family.find_snapshot(self.all_entries(), name, str(tag))
         if found is None:
             raise NotFound(f"snapshot '{tag}' of VDI '{name}' not found")
+        if vid is not None and found["vid"] != vid:
+            raise NotFound(f"snapshot '{tag}' of VDI '{name}' is vid {found['vid']:06x} now, "
+                           f"not {vid:06x}: it was deleted and made again meanwhile")
         return found
 
     def liveness(self, with_maps: bool = True) -> family.Liveness:
@@ -174,6 +187,10 @@ class VdiService:
                     continue
             return family.Liveness(entries, maps, default_copies=int(fmt["copies"]))
         raise Unavailable("the catalog kept changing while it was read")
+
+    def check_size(self, size: int) -> int:
+        """InvalidRequest unless ``size`` is a VDI size this cluster allows."""
+        return self._check_size(size)
 
     def _check_size(self, size: int) -> int:
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
@@ -297,8 +314,10 @@ class VdiService:
             return
         lock = self.locks.get(entry["vid"])
         if lock is not None:
-            raise Locked(f"cannot {what} VDI '{entry['name']}': it is attached by node "
-                         f"{lock.get('node_id')} (client {lock.get('client')})",
+            client = str(lock.get("client"))
+            how = (f"attached by node {lock.get('node_id')} (client {client})" if ":" in client
+                   else f"locked by node {lock.get('node_id')} for '{client}'")  # an operation
+            raise Locked(f"cannot {what} VDI '{entry['name']}': it is {how}",
                          holder=lock.get("node_id"))
         self.refuse_if_attached(entry, what)
 

@@ -11,7 +11,7 @@ from collie import backup as collie_backup
 from tests.unit.collie.test_cli import M, FakeClient, api_error, cmd, one_line, run
 
 HEADER = {"format": backup.FORMAT, "name": "vm", "size": 12 * M,
-          "to": {"state": "b" * 32, "tag": "s2", "size": 12 * M},
+          "to": {"state": "b" * 32, "tag": "s2", "size": 12 * M, "vid": 7},
           "from": {"state": "a" * 32, "tag": "s1", "size": 12 * M}}
 
 
@@ -21,6 +21,10 @@ class BackupClient(FakeClient):
     def __init__(self, disk=b"", **kw):
         super().__init__(disk=disk, **kw)
         self.uploads = []
+
+    def get_bytes(self, path, offset, length, **params):
+        self.calls.append(("GET", path, None, {"offset": offset, "length": length, **params}))
+        return bytes(self.disk[offset:offset + length])
 
     def put_stream(self, path, chunks, **params):
         body = b"".join(chunks)
@@ -56,7 +60,9 @@ def test_backup_writes_records_in_aligned_chunks(capsysbinary):
     assert diff_call[:2] == ("GET", "/vdis/vm/snapshots/s2/diff") and diff_call[3] == {
         "from": "s1"}
     reads = [c[3] for c in fake.calls if c[1] == "/vdis/vm/snapshots/s2/data"]
-    assert reads == [{"offset": 2 * M, "length": 2 * M}, {"offset": 4 * M, "length": 3 * M}]
+    # by the vid of the header's snapshot: a tag made again meanwhile is refused
+    assert reads == [{"offset": 2 * M, "length": 2 * M, "vid": 7},
+                     {"offset": 4 * M, "length": 3 * M, "vid": 7}]
 
 
 def test_backup_refuses_a_terminal(monkeypatch, capsys):

@@ -245,3 +245,14 @@ def test_leftovers_of_an_unfinished_restore_are_removed_by_the_next(cluster):
     assert leftover["vid"] not in {e["vid"] for e in c.vdis.entries() if e["name"] == "r"
                                    and e.get("restoring")}
     assert content(c, c.vdis.working("r")) == want["s2"]
+
+
+def test_a_snapshot_read_by_vid_refuses_a_tag_made_again(cluster):
+    c = cluster
+    history(c)
+    first = c.vdis.snapshot("vm", "s2")
+    assert c.vdis.snapshot("vm", "s2", vid=first["vid"])["vid"] == first["vid"]
+    c.vdis.delete_snapshot("vm", "s2")
+    snapshot(c, "vm", "s2")                 # the same tag, another snapshot
+    with pytest.raises(NotFound, match="deleted and made again"):
+        c.vdis.snapshot("vm", "s2", vid=first["vid"])
