@@ -132,8 +132,9 @@ def test_a_limit_raised_while_attached_applies_within_a_second(cluster_factory, 
         # once fio has run at the old limit for a while
         poll(lambda: "vol" in attached(node) or None, timeout=30, what="fio attached")
         time.sleep(2.0)         # two seconds of samples at the old limit
+        raised["asked"] = time.time()       # the limit cannot change before this
         collie(node, "vdi", "qos", "vol", "--write-iops", "2000")
-        raised["at"] = time.time()
+        raised["at"] = time.time()          # nor stay after this (within a second)
     changer = threading.Thread(target=raise_limit)
     changer.start()
     try:
@@ -146,7 +147,8 @@ def test_a_limit_raised_while_attached_applies_within_a_second(cluster_factory, 
         fields = [f.strip() for f in line.split(",")]
         samples.append((int(fields[0]) / 1000.0, int(fields[1])))
     start = samples[0][0] + 1.0     # the first second spends the full bucket (a burst)
-    before = [v for t, v in samples if start <= t < raised["at"] - 0.3]
+    # a sample is the 200 ms window ending at its time: wholly before the command started
+    before = [v for t, v in samples if start <= t < raised["asked"]]
     after = [v for t, v in samples if t >= raised["at"] + 1.0]
     print(f"raised at {raised['at']:.2f}; before {before}; after {after}")
     assert before and max(before) <= 100 * 1.5 + 10      # held at the old limit
