@@ -19,16 +19,13 @@ restore
 """
 from __future__ import annotations
 
-import io
-import os
-import stat
 import sys
 import tempfile
 
 from collie import render
 from collie.client import CollieError, Exit, quoted, vdi_path
 from collie.progress import Progress
-from collie.sizes import format_size
+from collie.sizes import format_size, input_remaining
 import vdi.backup as stream
 
 CHUNK_BYTES = 4 << 20           # data read per request (records are at most this)
@@ -118,15 +115,6 @@ def cmd_vdi_backup(client, args) -> int:
 
 # ---- restore --------------------------------------------------------------------------------
 
-def _regular_size(f) -> int | None:
-    """Bytes left in ``f`` when it is a regular file we can seek in, else None."""
-    try:
-        st = os.fstat(f.fileno())
-        return st.st_size - f.tell() if stat.S_ISREG(st.st_mode) else None
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        return None
-
-
 def _corrupt(err: stream.StreamError) -> CollieError:
     return CollieError(f"{err.message}; nothing was restored", Exit.FAILURE)
 
@@ -182,7 +170,7 @@ def cmd_vdi_restore(client, args) -> int:
         raise CollieError("refusing to read a backup stream from a terminal: redirect stdin "
                           "from a file or a pipe", Exit.USAGE)
     bars = not args.json
-    size = _regular_size(src)
+    size = input_remaining(src)
     start = src.tell() if size is not None else 0
     decoder = stream.StreamDecoder(keep_data=False)
     spool = None

@@ -14,7 +14,6 @@ import argparse
 import io
 import logging
 import os
-import stat
 import sys
 import traceback
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from pathlib import Path
 from collie import backup, cmd_balance, cmd_qos, render
 from collie.client import AdminClient, CollieError, Exit, quoted, vdi_path
 from collie.progress import Progress, watch_recovery
-from collie.sizes import format_size, parse_size
+from collie.sizes import format_size, input_remaining, parse_size
 from collie.tokens import TokenError, find_token, write_token
 
 CHUNK_BYTES = 4 << 20
@@ -316,20 +315,11 @@ def _read_full(stream, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _input_remaining(stream) -> int | None:
-    """Bytes left in ``stream`` when it is a regular file, else None (unknown)."""
-    try:
-        st = os.fstat(stream.fileno())
-        return st.st_size - stream.tell() if stat.S_ISREG(st.st_mode) else None
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        return None
-
-
 def cmd_vdi_write(client, args) -> int:
     """Write stdin at OFFSET in 4 MiB-aligned chunks: until EOF, or exactly LENGTH bytes (short input fails)."""
     stream = sys.stdin.buffer
     offset, length = args.offset or 0, args.length
-    total = length if length is not None else _input_remaining(stream)
+    total = length if length is not None else input_remaining(stream)
     progress = Progress.for_transfer(total, sys.stderr, enabled=not args.json)
     pos, written = offset, 0
     try:

@@ -11,7 +11,10 @@ size under 1 MiB is shown in KB (under 1 KiB in B) so it never reads as zero.  T
 """
 from __future__ import annotations
 
+import io
+import os
 import re
+import stat
 from decimal import Decimal, InvalidOperation
 
 _MULTIPLIERS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -83,3 +86,12 @@ def format_rate(nbytes: float, seconds: float) -> str:
     if seconds <= 0:
         return "-- MiB/s"
     return f"{nbytes / seconds / (1 << 20):.1f} MiB/s"
+
+
+def input_remaining(stream) -> int | None:
+    """Bytes left in ``stream`` when it is a regular file we can seek in, else None."""
+    try:
+        st = os.fstat(stream.fileno())
+        return st.st_size - stream.tell() if stat.S_ISREG(st.st_mode) else None
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
