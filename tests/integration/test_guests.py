@@ -44,7 +44,7 @@ def test_a_guest_writing_while_it_is_live_migrated_never_sees_an_error(hyperviso
     port = free_port()
     dst = guests("dst", uri(g2, "live"), "loop", incoming=port, **opts)
     src.wait_for("GUEST: progress 10")
-    migrate(src, dst, port)
+    migrate(src, dst, port, vcpu_paused=True)     # TCG: see `migrate`
     assert "GUEST-OK" not in src.console()          # it finished on the destination
     dst.finish()
     assert "GUEST: progress 59" in dst.console()
