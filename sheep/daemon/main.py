@@ -18,6 +18,7 @@ import gevent  # noqa: E402
 
 from common.errors import SheepError, StoreMismatch  # noqa: E402
 from sheep.daemon.config import parse_args  # noqa: E402
+from sheep.daemon.gc_tuning import tune_gc  # noqa: E402
 from sheep.daemon.malloc import keep_large_buffers, trim_when_idle  # noqa: E402
 from sheep.daemon.node import Sheep  # noqa: E402
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SheepError, OSError) as exc:
         print(f"sheep: cannot start: {exc}", file=sys.stderr)
         return 1
+    tune_gc()
     trim_when_idle()
     gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(node.stop))
     gevent.signal_handler(signal.SIGINT, lambda: gevent.spawn(node.stop))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.errors import Corrupt, InvalidRequest, NoObject, NoSpace, Unavailable
-from sheep.store import objfile
+from sheep.store import objfile, objio
 from sheep.store.objects import ObjectStore
 from sheep.store.objfile import BLOCK, DATA_OFFSET, Version
 
@@ -666,3 +666,22 @@ def test_sums_from_the_wire_must_cover_the_write_exactly():
         objfile.sums_from_wire(sums.tobytes(), 3 * BLOCK)
     with pytest.raises(ValueError):
         objfile.sums_from_wire(sums.tobytes(), 2 * BLOCK + 1)
+
+
+def test_large_writes_reach_the_file_in_pieces_of_at_most_write_piece(tmp_path, monkeypatch):
+    # the page cache sizes its folios by the write: no pwrite larger than WRITE_PIECE
+    sizes = []
+    real = os.pwrite
+
+    def recording(fd, data, offset):
+        sizes.append(memoryview(data).nbytes)
+        return real(fd, data, offset)
+    monkeypatch.setattr(objio.os, "pwrite", recording)
+    data = os.urandom(objio.WRITE_PIECE * 3 + 4096)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        objio.pwrite_all(fd, data, 100)
+        assert max(sizes) == objio.WRITE_PIECE and len(sizes) == 4
+        assert os.pread(fd, len(data), 100) == data
+    finally:
+        os.close(fd)
