@@ -173,18 +173,12 @@ class BackupService:
         self.vdis.refuse_if_locked(working, "restore")
         self._check_target(working, tag, header, force)
         try:
-            writer = self.vdis.take(working, "restore")
-        except Locked as exc:
-            raise Locked(f"cannot restore VDI '{name}': it is locked ({exc.message})",
-                         holder=exc.data.get("holder")) from None
-        try:
-            self.vdis.refuse_if_attached(working, "restore")      # again, with the lock
-            self._abandon_leftovers(name)
-            target_map = self._check_target(working, tag, header, force)
-            result = self._restore_locked(working, writer, target_map, tag, header, decoder,
-                                          pending, read)
+            with self.vdis.exclusive(working, "restore", "restore") as writer:
+                self._abandon_leftovers(name)
+                target_map = self._check_target(working, tag, header, force)
+                result = self._restore_locked(working, writer, target_map, tag, header,
+                                              decoder, pending, read)
         finally:
-            self.vdis.give_back(writer)
             self.vdis.reclaimer.kick()      # the replaced VDI, or a discarded attempt
         log.info("vdi=%s restored from %s stream (%d records, %d data bytes): snapshot %r "
                  "vid=%06x", name, "a full" if backup.is_full(header) else "an incremental",

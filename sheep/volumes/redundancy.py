@@ -62,9 +62,7 @@ def alter_copies(vdis, coordinator, epochs, name: str, copies: int, client: str,
             != latest["epoch"]:
         raise NotReady(f"recovery of epoch {latest['epoch']} is not finished: change the "
                        "copies once 'collie node recovery' shows it complete")
-    vdis.refuse_if_locked(entry, "change the copies of")
-    with vdis.taken(entry, client):
-        vdis.refuse_if_attached(entry, "change the copies of")
+    with vdis.exclusive(entry, "change the copies of", client):
         family_vids = [e["vid"] for e in family_of(vdis.all_entries(), name)]
         # until the placement epoch is known, the next epoch number stands for it
         soonest = (latest["epoch"] if latest is not None else 0) + 1

@@ -102,6 +102,24 @@ class VdiService:
         finally:
             self.give_back(writer)
 
+    @contextlib.contextmanager
+    def exclusive(self, entry: dict, what: str, client: str):
+        """The write right for an operation that replaces or rewrites a VDI (delete,
+        restore, rollback, alter-copy): refused with one `Locked` saying what could not
+        be done while anyone holds or attaches it, checked again once the lock is held
+        (attaching does not take the lock)."""
+        self.refuse_if_locked(entry, what)
+        try:
+            writer = self.take(entry, client)
+        except Locked as exc:
+            raise Locked(f"cannot {what} VDI '{entry['name']}': it is locked ({exc.message})",
+                         holder=exc.data.get("holder")) from None
+        try:
+            self.refuse_if_attached(entry, what)
+            yield writer
+        finally:
+            self.give_back(writer)
+
     def holds(self, writer: VdiWriter) -> bool:
         """Whether ``writer``'s lock is still this node's, at its generation (not broken,
         not lost with the session and taken again by someone)."""
@@ -286,9 +304,7 @@ class VdiService:
     def delete(self, name: str) -> None:
         """Delete the working VDI of ``name``; objects its snapshots or clones share stay."""
         entry = self.working(name)
-        self.refuse_if_locked(entry, "delete")
-        with self.taken(entry, "delete"):     # no write can slip in while we delete
-            self.refuse_if_attached(entry, "delete")
+        with self.exclusive(entry, "delete", "delete"):   # no write slips in meanwhile
             self.mark_deleted(entry)
         log.info("vdi=%s vid=%06x deleted", name, entry["vid"])
         self.reclaimer.run()

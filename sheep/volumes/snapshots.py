@@ -25,6 +25,7 @@ Snapshot of a detached VDI
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -194,17 +195,9 @@ class SnapshotService:
             working = self.vdis.working(name)
         except NotFound:
             working = None
-        writer = None
-        if working is not None:
-            self.vdis.refuse_if_locked(working, "roll back")
-            try:
-                writer = self.vdis.take(working, "rollback")
-            except Locked as exc:
-                raise Locked(f"cannot roll back VDI '{name}': it is attached ({exc.message})",
-                             holder=exc.data.get("holder")) from None
-        try:
-            if working is not None:
-                self.vdis.refuse_if_attached(working, "roll back")  # again, with the lock
+        exclusive = (self.vdis.exclusive(working, "roll back", "rollback")
+                     if working is not None else contextlib.nullcontext())
+        with exclusive:
             objmap = self.vdis.read_map(snap)
             fields = {
                 "name": name, "size": snap["size"], "copies": snap["copies"],
@@ -224,9 +217,6 @@ class SnapshotService:
                 self.vdis.forget(new)
                 raise
             new = self.vdis.publish(new)
-        finally:
-            if writer is not None:
-                self.vdis.give_back(writer)
         log.info("vdi=%s rolled back to snapshot %s: working vid=%06x", name, tag, new["vid"])
         self.vdis.reclaimer.run()
         return new

@@ -32,18 +32,15 @@ class Vdis:
     def working(self, name):
         return next(e for e in self.all_entries() if e["name"] == name and not e.get("snapshot"))
 
-    def refuse_if_locked(self, entry, what):
+    @contextlib.contextmanager
+    def exclusive(self, entry, what, client):
         if self.locked:
             raise Locked(f"cannot {what} VDI '{entry['name']}'")
-
-    def refuse_if_attached(self, entry, what):
-        pass
-
-    @contextlib.contextmanager
-    def taken(self, entry, client):
         self.catalog.log.append(("take", entry["vid"]))
-        yield
-        self.catalog.log.append(("give back", entry["vid"]))
+        try:
+            yield
+        finally:
+            self.catalog.log.append(("give back", entry["vid"]))
 
 
 class Coordinator:
