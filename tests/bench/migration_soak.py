@@ -32,9 +32,8 @@ CRASH_SIGNS = ("Oops", "BUG:", "Kernel panic", "GUEST-FAIL")
 
 
 def guest(image, workdir: Path, name: str, uri: str, accel: str, **kw) -> Guest:
-    g = Guest(image, workdir, name, uri, "loop", seed=21, count=9000, pause=20000, **kw)
-    g.cmd[g.cmd.index("tcg")] = accel
-    return g.start()
+    return Guest(image, workdir, name, uri, "loop", seed=21, count=9000, pause=20000,
+                 accel=accel, **kw).start()
 
 
 def crashed(g: Guest) -> bool:

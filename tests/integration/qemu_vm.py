@@ -30,7 +30,7 @@ class Qemu:
     def __init__(self, workdir: Path, name: str, nbd_uri: str, *, incoming: int | None = None,
                  kernel: Path | None = None, initrd: Path | None = None, append: str = "",
                  memory_mb: int = 128, drive_opts: str = "", serial: Path | None = None,
-                 reconnect_delay: int | None = None):
+                 reconnect_delay: int | None = None, accel: str = "tcg"):
         self.name = name
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,7 @@ class Qemu:
         if drive_opts:
             drive += "," + drive_opts
         # line-buffered stdout: HMP qemu-io prints there, read back from the log
-        self.cmd = [*STDBUF, QEMU, "-M", "q35", "-accel", "tcg", "-m", str(memory_mb), "-nodefaults",
+        self.cmd = [*STDBUF, QEMU, "-M", "q35", "-accel", accel, "-m", str(memory_mb), "-nodefaults",
                     "-display", "none", "-monitor", "none",
                     "-drive", drive, "-device", "virtio-blk-pci,drive=drive0,id=vd0",
                     "-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
